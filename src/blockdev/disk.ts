@@ -1,0 +1,274 @@
+/**
+ * A disk: a sparse file holding its bytes plus a ChunkMap recording which chunks changed in which
+ * generation. Implements BlockTarget for block clients (NBD) and the HTTP data routes.
+ *
+ * Point-in-time snapshots under concurrent writes: `beginCapture` freezes the set of chunks a
+ * snapshot must read (no write is half-way at that instant: writes pass a gate the freeze closes).
+ * Until the capture has read a frozen chunk, a write that would land on it first hands the chunk's
+ * old bytes to the capture (copy-on-write), then proceeds. Per-chunk locks order a capture's read of
+ * a chunk against writes to that chunk.
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+import { BlockIoError, type BlockTarget, type Extent } from './block-target.ts';
+import type { ChunkMap } from './chunk-map.ts';
+import { KeyedMutex } from '../lib/keyed-mutex.ts';
+import { WriteGate } from '../lib/write-gate.ts';
+
+/** What a running snapshot capture receives when a write is about to overwrite a frozen chunk. */
+export interface CaptureSink {
+  /** Must take (hash and store, or copy) the old bytes before resolving; the write waits for it. */
+  preserve(index: number, oldBytes: Buffer): Promise<void>;
+}
+
+export interface Capture {
+  /** Chunk indexes changed since the base generation, ascending: what the snapshot must read. */
+  readonly changed: number[];
+  /** Generation the snapshot describes; becomes the disk's base generation when it completes. */
+  readonly generation: number;
+  /** Reads frozen chunk `index` unless a write already preserved it through the sink (then null). */
+  readChunk(index: number): Promise<Buffer | null>;
+  /** Stops copy-on-write (after the snapshot is durable or abandoned). Idempotent. */
+  end(): void;
+}
+
+export class Disk implements BlockTarget {
+  private readonly locks = new KeyedMutex<number>();
+  private readonly gate = new WriteGate();
+  private capture: { pending: Set<number>; sink: CaptureSink } | null = null;
+  private captureQueue: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly id: string,
+    private readonly fh: FileHandle,
+    readonly map: ChunkMap,
+    private sizeBytes: number,
+  ) {}
+
+  static async open(id: string, imagePath: string, map: ChunkMap, size: number): Promise<Disk> {
+    return new Disk(id, await open(imagePath, 'r+'), map, size);
+  }
+
+  get size(): number {
+    return this.sizeBytes;
+  }
+
+  get chunkSize(): number {
+    return this.map.chunkSize;
+  }
+
+  get chunkCount(): number {
+    return this.map.chunkCount;
+  }
+
+  chunkLength(index: number): number {
+    return Math.min(this.chunkSize, this.size - index * this.chunkSize);
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    this.checkRange(offset, length);
+    const out = Buffer.allocUnsafe(length);
+    // Runs of allocated chunks are read with one call; the rest reads as zeros without touching the file.
+    let pos = offset;
+    while (pos < offset + length) {
+      const index = Math.floor(pos / this.chunkSize);
+      const allocated = this.map.isAllocated(index);
+      let end = Math.min(offset + length, (index + 1) * this.chunkSize);
+      while (end < offset + length && this.map.isAllocated(Math.floor(end / this.chunkSize)) === allocated) {
+        end = Math.min(offset + length, end + this.chunkSize);
+      }
+      if (allocated) await this.readFileInto(out, pos - offset, end - pos, pos);
+      else out.fill(0, pos - offset, end - offset);
+      pos = end;
+    }
+    return out;
+  }
+
+  async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    this.checkRange(offset, data.length);
+    if (data.length === 0) return;
+    const [first, last] = this.chunkSpan(offset, data.length);
+    await this.gate.pass(() =>
+      this.locks.run(span(first, last), async () => {
+        await this.preserveFrozen(first, last);
+        // A trimmed chunk still holds old bytes in the file; zero what this write does not cover.
+        for (const i of new Set([first, last])) {
+          if (this.map.isStale(i) && !this.covers(offset, data.length, i)) await this.writeFile(Buffer.alloc(this.chunkLength(i)), i * this.chunkSize);
+        }
+        await this.map.recordWrite(first, last, 'data');
+        await this.writeFile(data, offset);
+      }),
+    );
+    if (fua) await this.flush();
+  }
+
+  async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
+    this.checkRange(offset, length);
+    if (length === 0) return;
+    const [first, last] = this.chunkSpan(offset, length);
+    await this.gate.pass(() =>
+      this.locks.run(span(first, last), async () => {
+        await this.preserveFrozen(first, last);
+        for (let i = first; i <= last; i++) {
+          if (this.covers(offset, length, i)) {
+            // Whole chunk: record it as trimmed; no data is written.
+            if (this.map.isAllocated(i) || this.map.isStale(i)) await this.map.recordWrite(i, i, 'trimmed');
+          } else if (this.map.isAllocated(i)) {
+            const a = Math.max(offset, i * this.chunkSize);
+            const b = Math.min(offset + length, i * this.chunkSize + this.chunkLength(i));
+            await this.map.recordWrite(i, i, 'data');
+            await this.writeFile(Buffer.alloc(b - a), a);
+          }
+          // A partial range of a hole or trimmed chunk already reads as zeros.
+        }
+      }),
+    );
+    if (fua) await this.flush();
+  }
+
+  trim(offset: number, length: number, fua: boolean): Promise<void> {
+    return this.writeZeroes(offset, length, fua);
+  }
+
+  async flush(): Promise<void> {
+    try {
+      await this.fh.datasync();
+    } catch (e) {
+      throw new BlockIoError(`flush failed: ${(e as Error).message}`);
+    }
+  }
+
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    this.checkRange(offset, length);
+    const out: Extent[] = [];
+    let pos = offset;
+    while (pos < offset + length) {
+      const index = Math.floor(pos / this.chunkSize);
+      const end = Math.min(offset + length, (index + 1) * this.chunkSize);
+      const zero = !this.map.isAllocated(index);
+      const hole = zero && !this.map.isStale(index);
+      const prev = out[out.length - 1];
+      if (prev && prev.hole === hole && prev.zero === zero) prev.length += end - pos;
+      else out.push({ length: end - pos, hole, zero });
+      pos = end;
+    }
+    return out;
+  }
+
+  /**
+   * Freezes the chunks changed since `baseGeneration` for a snapshot. One capture at a time per disk:
+   * a second waits until the first ends.
+   */
+  async beginCapture(baseGeneration: number, sink: CaptureSink): Promise<Capture> {
+    let releaseQueue!: () => void;
+    const previous = this.captureQueue;
+    this.captureQueue = new Promise<void>((r) => (releaseQueue = r));
+    await previous;
+    const frozen = await this.gate.exclusive(async () => {
+      const generation = await this.map.advanceGeneration();
+      const changed: number[] = [];
+      for (let i = 0; i < this.map.chunkCount; i++) if (this.map.generationOf(i) > baseGeneration) changed.push(i);
+      this.capture = { pending: new Set(changed), sink };
+      return { generation, changed };
+    });
+    let ended = false;
+    return {
+      changed: frozen.changed,
+      generation: frozen.generation,
+      readChunk: (index) =>
+        this.locks.run([index], async () => (this.capture?.pending.delete(index) ? this.readChunkBytes(index) : null)),
+      end: () => {
+        if (ended) return;
+        ended = true;
+        this.capture = null;
+        releaseQueue();
+      },
+    };
+  }
+
+  /** A chunk's bytes straight from the file, zeros when it is not allocated. */
+  async readChunkBytes(index: number): Promise<Buffer> {
+    const length = this.chunkLength(index);
+    if (!this.map.isAllocated(index)) return Buffer.alloc(length);
+    const buf = Buffer.allocUnsafe(length);
+    await this.readFileInto(buf, 0, length, index * this.chunkSize);
+    return buf;
+  }
+
+  /** Writes a whole chunk during a restore: no copy-on-write, no generation (the caller resets the map after). */
+  async restoreChunk(index: number, data: Buffer): Promise<void> {
+    await this.writeFile(data, index * this.chunkSize);
+  }
+
+  /** Grows the disk. The map grows with it; the caller marks chunks as needed. */
+  async grow(newSize: number): Promise<void> {
+    if (newSize < this.sizeBytes) throw new RangeError('a disk only grows');
+    await this.gate.exclusive(async () => {
+      await this.fh.truncate(newSize);
+      await this.map.grow(Math.ceil(newSize / this.chunkSize));
+      this.sizeBytes = newSize;
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+    await this.map.close();
+  }
+
+  /** Copy-on-write: hands the old bytes of frozen, not yet captured chunks to the capture. Caller holds the chunk locks. */
+  private async preserveFrozen(first: number, last: number): Promise<void> {
+    const capture = this.capture;
+    if (!capture) return;
+    for (let i = first; i <= last; i++) {
+      if (capture.pending.delete(i)) await capture.sink.preserve(i, await this.readChunkBytes(i));
+    }
+  }
+
+  private chunkSpan(offset: number, length: number): [number, number] {
+    return [Math.floor(offset / this.chunkSize), Math.floor((offset + length - 1) / this.chunkSize)];
+  }
+
+  private covers(offset: number, length: number, index: number): boolean {
+    const start = index * this.chunkSize;
+    return offset <= start && offset + length >= start + this.chunkLength(index);
+  }
+
+  private checkRange(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new RangeError(`range ${offset}+${length} is outside the disk (${this.size} bytes)`);
+    }
+  }
+
+  private async readFileInto(buf: Buffer, at: number, length: number, position: number): Promise<void> {
+    let done = 0;
+    try {
+      while (done < length) {
+        const { bytesRead } = await this.fh.read(buf, at + done, length - done, position + done);
+        if (bytesRead === 0) {
+          buf.fill(0, at + done, at + length); // past the physical end of a sparse file: zeros
+          return;
+        }
+        done += bytesRead;
+      }
+    } catch (e) {
+      throw new BlockIoError(`read failed: ${(e as Error).message}`);
+    }
+  }
+
+  private async writeFile(data: Buffer, position: number): Promise<void> {
+    let done = 0;
+    try {
+      while (done < data.length) {
+        const { bytesWritten } = await this.fh.write(data, done, data.length - done, position + done);
+        done += bytesWritten;
+      }
+    } catch (e) {
+      throw new BlockIoError(`write failed: ${(e as Error).message}`);
+    }
+  }
+}
+
+function span(a: number, b: number): number[] {
+  const out: number[] = [];
+  for (let i = a; i <= b; i++) out.push(i);
+  return out;
+}

@@ -1,0 +1,4 @@
+export interface Tag {
+  tagKey: string;
+  tagValue: string;
+}

@@ -1,0 +1,190 @@
+/**
+ * Durable job mechanics: claim with a lease, run, retry with exponential backoff, fail for good
+ * after a deadline or a permanent error, resume after a restart. Knows nothing of what a job does:
+ * handlers bring the meaning (snapshot capture, disk fill, remote copy).
+ *
+ * Rejected alternative: an in-memory queue with state mirrored to the database. With the database as
+ * the queue, a restart (or a second worker on PostgreSQL) resumes exactly what was persisted.
+ */
+import { randomUUID } from 'node:crypto';
+import type { JobRecord, JobRepository } from '../metadata/metadata-store.ts';
+
+export interface JobControl {
+  /** Aborted when the runner shuts down or the lease is lost; a handler stops soon after. */
+  readonly signal: AbortSignal;
+  /** Persists the handler's own progress; the next attempt sees it in `job.progress`. */
+  saveProgress(progress: unknown): Promise<void>;
+}
+
+export interface RetryPolicy {
+  /** First backoff; doubles per attempt up to maxDelayMs, with +-20 % jitter. */
+  initialDelayMs: number;
+  maxDelayMs: number;
+  /** A job still failing this long after it was enqueued fails for good. */
+  deadlineMs: number;
+}
+
+export interface JobHandler {
+  readonly kind: string;
+  readonly retry: RetryPolicy;
+  run(job: JobRecord, control: JobControl): Promise<void>;
+  /** Called once when the job fails for good; marks the affected resource failed. */
+  onPermanentFailure(job: JobRecord, reason: string): Promise<void>;
+}
+
+/** Thrown by a handler when retrying cannot help (bad data, a resource that is gone). */
+export class PermanentJobError extends Error {
+  override name = 'PermanentJobError';
+}
+
+export interface JobRunnerOptions {
+  jobs: JobRepository;
+  /** At most this many jobs run at once in this runner. */
+  concurrency: number;
+  /** Cap of running jobs per group (e.g. copies to one region); Infinity when absent. */
+  groupLimit?: (group: string) => number;
+  leaseMs?: number;
+  pollMs?: number;
+  log: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
+  now?: () => number;
+}
+
+export class JobRunner {
+  private readonly handlers = new Map<string, JobHandler>();
+  private readonly running = new Map<number, { abort: AbortController; done: Promise<void> }>();
+  private readonly owner = `runner-${randomUUID()}`;
+  private timer: NodeJS.Timeout | null = null;
+  private stopped = true;
+  private pumping = false;
+  private pumpAgain = false;
+  private readonly leaseMs: number;
+  private readonly pollMs: number;
+  private readonly now: () => number;
+
+  constructor(private readonly opts: JobRunnerOptions) {
+    this.leaseMs = opts.leaseMs ?? 60_000;
+    this.pollMs = opts.pollMs ?? 500;
+    this.now = opts.now ?? Date.now;
+  }
+
+  register(handler: JobHandler): void {
+    this.handlers.set(handler.kind, handler);
+  }
+
+  start(): void {
+    this.stopped = false;
+    this.schedule(0);
+  }
+
+  /** Enqueues (or finds, by key) a job and wakes the runner. */
+  async enqueue(job: { kind: string; key: string; group: string; payload: unknown; runAfter?: number }): Promise<JobRecord> {
+    if (!this.handlers.has(job.kind)) throw new Error(`no handler for job kind ${job.kind}`);
+    const record = await this.opts.jobs.enqueue(job);
+    this.kick();
+    return record;
+  }
+
+  /** Looks for runnable work now instead of at the next poll. */
+  kick(): void {
+    if (!this.stopped) this.schedule(0);
+  }
+
+  get activeCount(): number {
+    return this.running.size;
+  }
+
+  /** Stops claiming, aborts running jobs, waits for them and gives their leases back. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    for (const r of this.running.values()) r.abort.abort(new Error('job runner stopping'));
+    await Promise.allSettled([...this.running.values()].map((r) => r.done));
+    await this.opts.jobs.releaseLeases(this.owner);
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.stopped) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => void this.pump(), delayMs);
+    this.timer.unref();
+  }
+
+  private async pump(): Promise<void> {
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return;
+    }
+    this.pumping = true;
+    try {
+      do {
+        this.pumpAgain = false;
+        while (!this.stopped && this.running.size < this.opts.concurrency) {
+          const job = await this.opts.jobs.claim([...this.handlers.keys()], this.owner, this.now(), this.leaseMs, this.opts.groupLimit ?? (() => Infinity));
+          if (!job) break;
+          this.launch(job);
+        }
+      } while (this.pumpAgain && !this.stopped);
+    } catch (err) {
+      this.opts.log('error', 'job claim failed', { err: String(err) });
+    } finally {
+      this.pumping = false;
+      this.schedule(this.pollMs);
+    }
+  }
+
+  private launch(job: JobRecord): void {
+    const handler = this.handlers.get(job.kind)!;
+    const abort = new AbortController();
+    const renew = setInterval(() => {
+      void this.opts.jobs.renewLease(job.id, this.owner, this.now() + this.leaseMs).then((ok) => {
+        if (!ok) abort.abort(new Error('lease lost'));
+      });
+    }, Math.max(1000, this.leaseMs / 3));
+    renew.unref();
+    const control: JobControl = {
+      signal: abort.signal,
+      saveProgress: (p) => this.opts.jobs.saveProgress(job.id, p),
+    };
+    const done = (async () => {
+      try {
+        await handler.run(job, control);
+        await this.opts.jobs.finish(job.id, this.owner, 'done', null);
+      } catch (err) {
+        await this.settleFailure(handler, job, err, abort.signal);
+      } finally {
+        clearInterval(renew);
+        this.running.delete(job.id);
+        this.kick();
+      }
+    })();
+    this.running.set(job.id, { abort, done });
+  }
+
+  private async settleFailure(handler: JobHandler, job: JobRecord, err: unknown, signal: AbortSignal): Promise<void> {
+    const reason = err instanceof Error ? err.message : String(err);
+    try {
+      if (signal.aborted && !(err instanceof PermanentJobError)) {
+        // Shutting down or lease lost: not the job's fault; it resumes on the next start.
+        return;
+      }
+      const pastDeadline = this.now() - job.createdAt > handler.retry.deadlineMs;
+      if (err instanceof PermanentJobError || pastDeadline) {
+        this.opts.log('error', 'job failed for good', { jobId: job.id, kind: job.kind, key: job.key, attempts: job.attempts, reason });
+        await handler.onPermanentFailure(job, reason);
+        await this.opts.jobs.finish(job.id, this.owner, 'failed', reason);
+        return;
+      }
+      const delay = backoffDelay(handler.retry, job.attempts);
+      this.opts.log('warn', 'job attempt failed; will retry', { jobId: job.id, kind: job.kind, key: job.key, attempts: job.attempts, retryInMs: delay, reason });
+      await this.opts.jobs.retryLater(job.id, this.owner, this.now() + delay, reason);
+    } catch (settleErr) {
+      this.opts.log('error', 'could not record job failure', { jobId: job.id, err: String(settleErr) });
+    }
+  }
+}
+
+export function backoffDelay(policy: RetryPolicy, attempts: number): number {
+  const base = Math.min(policy.maxDelayMs, policy.initialDelayMs * 2 ** Math.max(0, attempts - 1));
+  return Math.round(base * (0.8 + Math.random() * 0.4));
+}

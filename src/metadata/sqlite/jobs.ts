@@ -1,0 +1,107 @@
+import type { JobRecord, JobRepository, JobState } from '../metadata-store.ts';
+import { placeholders, type Db } from './database.ts';
+
+interface Row {
+  id: number; kind: string; key: string; grp: string; payload: string; state: string; attempts: number; run_after: number;
+  lease_owner: string | null; lease_until: number | null; last_error: string | null; progress: string | null; created_at: number; updated_at: number;
+}
+
+const toJob = (r: Row): JobRecord => ({
+  id: r.id, kind: r.kind, key: r.key, group: r.grp, payload: JSON.parse(r.payload), state: r.state as JobState,
+  attempts: r.attempts, runAfter: r.run_after, leaseOwner: r.lease_owner, leaseUntil: r.lease_until, lastError: r.last_error,
+  progress: r.progress === null ? null : JSON.parse(r.progress), createdAt: r.created_at, updatedAt: r.updated_at,
+});
+
+export class SqliteJobRepository implements JobRepository {
+  constructor(private readonly db: Db) {}
+
+  async enqueue(job: { kind: string; key: string; group: string; payload: unknown; runAfter?: number }): Promise<JobRecord> {
+    const now = Date.now();
+    this.db
+      .prepare(
+        `INSERT INTO jobs (kind, key, grp, payload, state, run_after, created_at, updated_at)
+         VALUES (?, ?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT(key) DO NOTHING`,
+      )
+      .run(job.kind, job.key, job.group, JSON.stringify(job.payload), job.runAfter ?? now, now, now);
+    return (await this.getByKey(job.key))!;
+  }
+
+  async get(id: number): Promise<JobRecord | null> {
+    const r = this.db.prepare('SELECT * FROM jobs WHERE id = ?').get(id) as Row | undefined;
+    return r ? toJob(r) : null;
+  }
+
+  async getByKey(key: string): Promise<JobRecord | null> {
+    const r = this.db.prepare('SELECT * FROM jobs WHERE key = ?').get(key) as Row | undefined;
+    return r ? toJob(r) : null;
+  }
+
+  async claim(kinds: string[], owner: string, now: number, leaseMs: number, groupLimit: (group: string) => number): Promise<JobRecord | null> {
+    // One IMMEDIATE transaction: the check of the group's running count and the claim cannot interleave
+    // with another claimer (PostgreSQL does the same with FOR UPDATE SKIP LOCKED).
+    return this.db.transaction((): JobRecord | null => {
+      const running = new Map<string, number>();
+      for (const r of this.db
+        .prepare("SELECT grp, count(*) AS n FROM jobs WHERE state = 'running' AND lease_until > ? GROUP BY grp")
+        .all(now) as Array<{ grp: string; n: number }>) {
+        running.set(r.grp, r.n);
+      }
+      const candidates = this.db
+        .prepare(
+          `SELECT * FROM jobs WHERE kind IN (${placeholders(kinds.length)})
+             AND ((state = 'queued' AND run_after <= ?) OR (state = 'running' AND lease_until <= ?))
+           ORDER BY id`,
+        )
+        .iterate(...kinds, now, now) as IterableIterator<Row>;
+      for (const row of candidates) {
+        if ((running.get(row.grp) ?? 0) >= groupLimit(row.grp)) continue;
+        this.db
+          .prepare("UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?")
+          .run(owner, now + leaseMs, now, row.id);
+        return toJob({ ...row, state: 'running', lease_owner: owner, lease_until: now + leaseMs, attempts: row.attempts + 1, updated_at: now });
+      }
+      return null;
+    }).immediate();
+  }
+
+  async renewLease(id: number, owner: string, until: number): Promise<boolean> {
+    const info = this.db
+      .prepare("UPDATE jobs SET lease_until = ?, updated_at = ? WHERE id = ? AND lease_owner = ? AND state = 'running'")
+      .run(until, Date.now(), id, owner);
+    return info.changes === 1;
+  }
+
+  async saveProgress(id: number, progress: unknown): Promise<void> {
+    this.db.prepare('UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ?').run(JSON.stringify(progress), Date.now(), id);
+  }
+
+  async retryLater(id: number, owner: string, runAfter: number, error: string): Promise<void> {
+    this.db
+      .prepare("UPDATE jobs SET state = 'queued', run_after = ?, last_error = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? AND lease_owner = ?")
+      .run(runAfter, error, Date.now(), id, owner);
+  }
+
+  async finish(id: number, owner: string, state: 'done' | 'failed', error: string | null): Promise<void> {
+    this.db
+      .prepare('UPDATE jobs SET state = ?, last_error = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? AND lease_owner = ?')
+      .run(state, error, Date.now(), id, owner);
+  }
+
+  async list(states: JobState[], kinds?: string[]): Promise<JobRecord[]> {
+    const kindClause = kinds ? ` AND kind IN (${placeholders(kinds.length)})` : '';
+    const rows = this.db
+      .prepare(`SELECT * FROM jobs WHERE state IN (${placeholders(states.length)})${kindClause} ORDER BY id`)
+      .all(...states, ...(kinds ?? [])) as Row[];
+    return rows.map(toJob);
+  }
+
+  async releaseLeases(owner: string): Promise<number> {
+    return this.db
+      .prepare("UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE state = 'running' AND lease_owner = ?")
+      .run(Date.now(), owner).changes;
+  }
+
+  async deleteFinishedBefore(cutoff: number): Promise<number> {
+    return this.db.prepare("DELETE FROM jobs WHERE state IN ('done', 'failed') AND updated_at < ?").run(cutoff).changes;
+  }
+}

@@ -1,0 +1,88 @@
+/**
+ * Versioned schema of a region's SQLite database. Migrations only ever append: an existing
+ * database is brought forward step by step, never rebuilt, so old data stays readable.
+ * Volumes and snapshots keep a row after deletion (`deleted_at`) so that a list marker that names a
+ * since-deleted item still finds its place, and a clientToken retry still sees what it created.
+ */
+export const MIGRATIONS: ReadonlyArray<{ version: number; sql: string }> = [
+  {
+    version: 1,
+    sql: `
+      CREATE TABLE volumes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        account_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        desc TEXT NOT NULL,
+        size_gb INTEGER NOT NULL,
+        storage_type TEXT NOT NULL,
+        zone_name TEXT NOT NULL,
+        create_time INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        source_snapshot_id TEXT,
+        tags TEXT NOT NULL,
+        last_error TEXT,
+        deleted_at INTEGER
+      );
+      CREATE INDEX volumes_account ON volumes(account_id, seq);
+
+      CREATE TABLE snapshots (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        account_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        desc TEXT NOT NULL,
+        volume_id TEXT NOT NULL,
+        size_gb INTEGER NOT NULL,
+        create_time INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        create_method TEXT NOT NULL,
+        progress INTEGER NOT NULL,
+        storage_type TEXT NOT NULL,
+        retention_days INTEGER,
+        tags TEXT NOT NULL,
+        source_region TEXT,
+        source_snapshot_id TEXT,
+        manifest_id TEXT,
+        last_error TEXT,
+        deleted_at INTEGER
+      );
+      CREATE INDEX snapshots_account ON snapshots(account_id, seq);
+      CREATE INDEX snapshots_volume ON snapshots(volume_id);
+
+      CREATE TABLE idempotency (
+        scope TEXT NOT NULL,
+        token TEXT NOT NULL,
+        params_hash TEXT NOT NULL,
+        result TEXT NOT NULL,
+        completed INTEGER NOT NULL,
+        last_used_at INTEGER NOT NULL,
+        PRIMARY KEY (scope, token)
+      );
+
+      CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL UNIQUE,
+        grp TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        run_after INTEGER NOT NULL,
+        lease_owner TEXT,
+        lease_until INTEGER,
+        last_error TEXT,
+        progress TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+      );
+      CREATE INDEX jobs_runnable ON jobs(state, run_after, id);
+
+      CREATE TABLE disk_bases (
+        volume_id TEXT PRIMARY KEY,
+        manifest_id TEXT,
+        generation INTEGER NOT NULL
+      );
+    `,
+  },
+];

@@ -1,0 +1,30 @@
+import type { MetadataStore } from '../metadata-store.ts';
+import { openDatabase, type Db } from './database.ts';
+import { SqliteDiskBaseRepository } from './disk-bases.ts';
+import { SqliteIdempotencyRepository } from './idempotency.ts';
+import { SqliteJobRepository } from './jobs.ts';
+import { SqliteSnapshotRepository } from './snapshots.ts';
+import { SqliteVolumeRepository } from './volumes.ts';
+
+/** A region's metadata in one SQLite file (WAL). */
+export class SqliteMetadataStore implements MetadataStore {
+  readonly volumes;
+  readonly snapshots;
+  readonly idempotency;
+  readonly jobs;
+  readonly diskBases;
+  private readonly db: Db;
+
+  constructor(file: string) {
+    this.db = openDatabase(file);
+    this.volumes = new SqliteVolumeRepository(this.db);
+    this.snapshots = new SqliteSnapshotRepository(this.db);
+    this.idempotency = new SqliteIdempotencyRepository(this.db);
+    this.jobs = new SqliteJobRepository(this.db);
+    this.diskBases = new SqliteDiskBaseRepository(this.db);
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+}
