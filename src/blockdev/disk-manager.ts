@@ -3,7 +3,7 @@
  * Opened disks are cached; one Disk object per volume, shared by the NBD server, the HTTP data
  * routes and snapshot captures, so that copy-on-write sees every writer.
  */
-import { mkdir, open, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ChunkMap } from './chunk-map.ts';
 import { Disk } from './disk.ts';
@@ -52,6 +52,12 @@ export class DiskManager {
     } catch {
       return false;
     }
+  }
+
+  /** Ids of every disk with files here. */
+  async list(): Promise<string[]> {
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    return [...new Set(names.filter((n) => /\.(img|map)$/.test(n)).map((n) => n.replace(/\.(img|map)$/, '')))];
   }
 
   open(id: string): Promise<Disk> {

@@ -12,7 +12,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { BlockIoError, type BlockTarget, type Extent } from './block-target.ts';
 import type { ChunkMap } from './chunk-map.ts';
 import { KeyedMutex } from '../lib/keyed-mutex.ts';
-import { WriteGate } from '../lib/write-gate.ts';
+import { RwLock } from '../lib/rw-lock.ts';
 
 /** What a running snapshot capture receives when a write is about to overwrite a frozen chunk. */
 export interface CaptureSink {
@@ -33,7 +33,7 @@ export interface Capture {
 
 export class Disk implements BlockTarget {
   private readonly locks = new KeyedMutex<number>();
-  private readonly gate = new WriteGate();
+  private readonly gate = new RwLock();
   private capture: { pending: Set<number>; sink: CaptureSink } | null = null;
   private captureQueue: Promise<void> = Promise.resolve();
 
@@ -87,7 +87,7 @@ export class Disk implements BlockTarget {
     this.checkRange(offset, data.length);
     if (data.length === 0) return;
     const [first, last] = this.chunkSpan(offset, data.length);
-    await this.gate.pass(() =>
+    await this.gate.shared(() =>
       this.locks.run(span(first, last), async () => {
         await this.preserveFrozen(first, last);
         // A trimmed chunk still holds old bytes in the file; zero what this write does not cover.
@@ -105,7 +105,7 @@ export class Disk implements BlockTarget {
     this.checkRange(offset, length);
     if (length === 0) return;
     const [first, last] = this.chunkSpan(offset, length);
-    await this.gate.pass(() =>
+    await this.gate.shared(() =>
       this.locks.run(span(first, last), async () => {
         await this.preserveFrozen(first, last);
         for (let i = first; i <= last; i++) {

@@ -31,6 +31,11 @@ export const ERROR_CATALOG = {
   'Instance.SnapshotLimitExceeded': { status: 409, message: 'The volume already has the maximum number of manual snapshots.' },
   SnapshotOperationForbidden: { status: 403, message: 'The snapshot cannot be changed in its current state.' },
   'snapshot.CannotCopy': { status: 403, message: 'This snapshot cannot be copied to another region.' },
+  // Ours: region-to-region replication (internal endpoints)
+  ChunkDigestMismatch: { status: 400, message: 'The chunk bytes received do not hash to the chunk id; send them again.' },
+  ChunksMissing: { status: 409, message: 'The destination lacks chunks the manifest names; send them, then commit again.' },
+  ChunkTooLarge: { status: 413, message: 'The chunk is larger than the chunk size of this region.' },
+  InvalidManifest: { status: 400, message: 'The manifest cannot be decoded or does not fit this region.' },
   // Ours
   IntegrityError: { status: 500, message: 'Stored data failed its integrity check; it was not served.' },
   ServiceUnavailable: { status: 503, message: 'The service is shutting down or a dependency is unavailable; retry later.' },

@@ -120,8 +120,13 @@ export interface JobRepository {
   finish(id: number, owner: string, state: 'done' | 'failed', error: string | null): Promise<void>;
   /** Jobs in the given states (for gauges and GC roots). */
   list(states: JobState[], kinds?: string[]): Promise<JobRecord[]>;
-  /** Releases every lease held by `owner` (a restart of the same node). */
+  /** Releases every lease held by `owner` (a runner that stops). */
   releaseLeases(owner: string): Promise<number>;
+  /**
+   * Requeues every running job, whoever holds it. Only for a store that one process uses alone
+   * (SQLite): at its start, no job can really be running.
+   */
+  requeueAllRunning(): Promise<number>;
   deleteFinishedBefore(cutoff: number): Promise<number>;
 }
 

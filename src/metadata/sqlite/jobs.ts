@@ -46,15 +46,18 @@ export class SqliteJobRepository implements JobRepository {
         .all(now) as Array<{ grp: string; n: number }>) {
         running.set(r.grp, r.n);
       }
-      const candidates = this.db
+      // Groups at their cap are excluded in the query itself, so a long queue for one busy group
+      // never hides runnable jobs of another.
+      const saturated = [...running.entries()].filter(([grp, n]) => n >= groupLimit(grp)).map(([grp]) => grp);
+      const row = this.db
         .prepare(
           `SELECT * FROM jobs WHERE kind IN (${placeholders(kinds.length)})
              AND ((state = 'queued' AND run_after <= ?) OR (state = 'running' AND lease_until <= ?))
-           ORDER BY id`,
+             ${saturated.length ? `AND grp NOT IN (${placeholders(saturated.length)})` : ''}
+           ORDER BY id LIMIT 1`,
         )
-        .iterate(...kinds, now, now) as IterableIterator<Row>;
-      for (const row of candidates) {
-        if ((running.get(row.grp) ?? 0) >= groupLimit(row.grp)) continue;
+        .get(...kinds, now, now, ...saturated) as Row | undefined;
+      if (row && groupLimit(row.grp) > 0) {
         this.db
           .prepare("UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?")
           .run(owner, now + leaseMs, now, row.id);
@@ -99,6 +102,12 @@ export class SqliteJobRepository implements JobRepository {
     return this.db
       .prepare("UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE state = 'running' AND lease_owner = ?")
       .run(Date.now(), owner).changes;
+  }
+
+  async requeueAllRunning(): Promise<number> {
+    return this.db
+      .prepare("UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE state = 'running'")
+      .run(Date.now()).changes;
   }
 
   async deleteFinishedBefore(cutoff: number): Promise<number> {

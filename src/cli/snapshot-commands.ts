@@ -1,0 +1,79 @@
+/** `snapferry snapshot create|list|show|delete|copy`. */
+import type { Command } from 'commander';
+import { Progress } from './progress.ts';
+import { runClientCommand, waitUntil, type ClientContext, type ClientFlags } from './client-context.ts';
+
+interface SnapshotModel {
+  id: string;
+  name: string;
+  sizeInGB: number;
+  status: string;
+  volumeId: string;
+  createTime: string;
+  progress: string;
+  sourceRegion?: string;
+  sourceSnapshotId?: string;
+}
+
+export function snapshotCommands(program: Command, common: (c: Command) => Command): void {
+  const snapshot = program.command('snapshot').description('snapshots');
+
+  common(snapshot.command('create').argument('<volumeId>').description('snapshot a disk'))
+    .requiredOption('--name <name>', 'snapshot name (starts with a letter)')
+    .option('--desc <text>', 'description')
+    .option('--wait', 'wait until the snapshot is Available, with progress')
+    .action((volumeId: string, o: ClientFlags & { name: string; desc?: string; wait?: boolean }) =>
+      runClientCommand(o, async (ctx) => {
+        const { snapshotId } = await ctx.client.json<{ snapshotId: string }>({ method: 'POST', path: '/v2/snapshot', json: { volumeId, snapshotName: o.name, desc: o.desc } });
+        if (!o.wait) return ctx.print({ snapshotId }, () => snapshotId);
+        const s = await waitForSnapshot(ctx, snapshotId, new Progress(`snapshot ${snapshotId}`, ctx.json));
+        ctx.print(s, () => describe(s));
+      }),
+    );
+
+  common(snapshot.command('list').description('list snapshots'))
+    .option('--volume <volumeId>', 'only snapshots of this disk')
+    .action((o: ClientFlags & { volume?: string }) =>
+      runClientCommand(o, async (ctx) => {
+        const all: SnapshotModel[] = [];
+        let marker: string | undefined;
+        do {
+          const page = await ctx.client.json<{ snapshots: SnapshotModel[]; nextMarker?: string }>({ method: 'GET', path: '/v2/snapshot', query: { marker, volumeId: o.volume } });
+          all.push(...page.snapshots);
+          marker = page.nextMarker;
+        } while (marker);
+        ctx.print(all, () => (all.length ? all.map(describe).join('\n') : 'no snapshots'));
+      }),
+    );
+
+  common(snapshot.command('show').argument('<snapshotId>').description('show one snapshot'))
+    .action((id: string, o: ClientFlags) =>
+      runClientCommand(o, async (ctx) => {
+        const { snapshot: s } = await ctx.client.json<{ snapshot: SnapshotModel }>({ method: 'GET', path: `/v2/snapshot/${id}` });
+        ctx.print(s, () => describe(s));
+      }),
+    );
+
+  common(snapshot.command('delete').argument('<snapshotId>').description('delete a snapshot'))
+    .action((id: string, o: ClientFlags) =>
+      runClientCommand(o, async (ctx) => {
+        await ctx.client.json({ method: 'DELETE', path: `/v2/snapshot/${id}` });
+        ctx.print({ deleted: id }, () => `deleted ${id}`);
+      }),
+    );
+}
+
+function describe(s: SnapshotModel): string {
+  const origin = s.sourceRegion ? `  copy of ${s.sourceRegion}/${s.sourceSnapshotId}` : `  of ${s.volumeId}`;
+  return `${s.id}  ${s.status.padEnd(13)} ${String(s.sizeInGB).padStart(5)} GiB  ${s.progress.padStart(3)}%  ${s.name}${origin}`;
+}
+
+export async function waitForSnapshot(ctx: ClientContext, id: string, progress: Progress, client = ctx.client): Promise<SnapshotModel> {
+  const { snapshot } = await waitUntil(
+    () => client.json<{ snapshot: SnapshotModel }>({ method: 'GET', path: `/v2/snapshot/${id}` }),
+    (r) => r.snapshot.status !== 'Creating',
+    (r) => progress.update(Number(r.snapshot.progress), 100, 'percent'),
+  );
+  if (snapshot.status !== 'Available') throw new Error(`snapshot ${id} ended ${snapshot.status}`);
+  return snapshot;
+}

@@ -1,0 +1,152 @@
+/**
+ * The copy job: sends one snapshot to one destination region. Runs in the source region.
+ *
+ *   reserve -> manifest -> for each batch of distinct chunk ids: ask which are missing, send those
+ *   (zstd where it pays, re-sent if the destination finds them damaged) -> commit.
+ *
+ * Every step is idempotent, so resuming after a crash of either side is the same loop run again:
+ * "which do you lack" makes the rerun cheap. The destination re-hashes every chunk before keeping
+ * it and checks that every chunk is present (and durable) before it turns the copy Available.
+ */
+import { compress } from 'zstd-napi';
+import { ChunkIntegrityError, ChunkNotFoundError, type ChunkStore } from '../chunkstore/chunk-store.ts';
+import type { JobHandler, RetryPolicy } from '../jobs/job-runner.ts';
+import { PermanentJobError } from '../jobs/job-runner.ts';
+import { mapLimit } from '../lib/map-limit.ts';
+import type { JobRecord } from '../metadata/metadata-store.ts';
+import type { Manifest } from '../repository/manifest.ts';
+import { isTransient, type PeerClient, type ReserveRequest } from './peer-client.ts';
+import type { ReplicationMetrics } from './replication-metrics.ts';
+
+export const COPY_JOB = 'snapshot.copy';
+
+export interface CopyPayload {
+  sourceSnapshotId: string;
+  /** The manifest being copied; also keeps it (and its chunks) safe from garbage collection. */
+  manifestId: string;
+  destRegion: string;
+  destSnapshotId: string;
+  reserve: ReserveRequest;
+}
+
+export interface CopyJobDeps {
+  chunks: ChunkStore;
+  manifests: ChunkStore;
+  decodeManifest(bytes: Buffer): Manifest;
+  peer(region: string): PeerClient | null;
+  metrics: ReplicationMetrics;
+  retry: RetryPolicy;
+  log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void;
+}
+
+/** Ids asked about per "which do you lack" round trip. */
+export const MISSING_BATCH = 1024;
+/** Chunk uploads in flight per copy: with 20 copies per destination, at most 80 chunks in memory. */
+export const SENDS_PER_COPY = 4;
+/** Send compressed only when it saves at least this fraction. */
+const COMPRESSION_WORTH = 0.9;
+const RESENDS_ON_DAMAGE = 3;
+
+export function copyJob(deps: CopyJobDeps): JobHandler {
+  return {
+    kind: COPY_JOB,
+    retry: deps.retry,
+    async run(job: JobRecord, control) {
+      const p = job.payload as CopyPayload;
+      const peer = deps.peer(p.destRegion);
+      if (!peer) throw new PermanentJobError(`region ${p.destRegion} is no longer a peer of this region`);
+      const signal = control.signal;
+      try {
+        const manifestBytes = await deps.manifests.get(p.manifestId);
+        const manifest = deps.decodeManifest(manifestBytes);
+        await peer.reserve(p.destSnapshotId, p.reserve, signal);
+        await peer.putManifest(p.destSnapshotId, manifestBytes, signal);
+
+        const chunks = distinctChunks(manifest);
+        const total = chunks.reduce((n, c) => n + c.length, 0);
+        let confirmed = 0;
+        let lastReported = -1;
+        const report = async (force = false): Promise<void> => {
+          const percent = total === 0 ? 99 : Math.min(99, Math.floor((confirmed * 100) / total));
+          if (percent !== lastReported && (force || percent - lastReported >= 1)) {
+            lastReported = percent;
+            await peer.progress(p.destSnapshotId, percent, signal);
+            await control.saveProgress({ percent, confirmedBytes: confirmed, totalBytes: total });
+          }
+        };
+        const labels = { destination: p.destRegion };
+        for (let at = 0; at < chunks.length; at += MISSING_BATCH) {
+          signal.throwIfAborted();
+          const batch = chunks.slice(at, at + MISSING_BATCH);
+          const missing = new Set(await peer.missing(batch.map((c) => c.id), signal));
+          for (const c of batch) {
+            if (!missing.has(c.id)) {
+              confirmed += c.length;
+              deps.metrics.chunksSkipped.inc(1, labels);
+            }
+          }
+          await mapLimit(batch.filter((c) => missing.has(c.id)), SENDS_PER_COPY, async (c) => {
+            signal.throwIfAborted();
+            await sendChunk(deps, peer, c.id, labels, signal);
+            confirmed += c.length;
+            await report();
+          });
+          await report();
+        }
+        await peer.commit(p.destSnapshotId, signal);
+        deps.log('info', 'snapshot copied', { sourceSnapshotId: p.sourceSnapshotId, destRegion: p.destRegion, destSnapshotId: p.destSnapshotId, bytes: total });
+      } catch (e) {
+        if (e instanceof PermanentJobError) throw e;
+        if (e instanceof ChunkIntegrityError || e instanceof ChunkNotFoundError) {
+          throw new PermanentJobError(`the source snapshot's data is damaged: ${e.message}`);
+        }
+        if (!isTransient(e)) throw new PermanentJobError(`${p.destRegion} refused the copy: ${(e as Error).message}`);
+        throw e;
+      }
+    },
+    async onPermanentFailure(job, reason) {
+      const p = job.payload as CopyPayload;
+      try {
+        await deps.peer(p.destRegion)?.fail(p.destSnapshotId, reason);
+      } catch (e) {
+        deps.log('warn', 'could not tell the destination that a copy failed', { destRegion: p.destRegion, destSnapshotId: p.destSnapshotId, err: String(e) });
+      }
+    },
+  };
+}
+
+async function sendChunk(deps: CopyJobDeps, peer: PeerClient, id: string, labels: Record<string, string>, signal: AbortSignal): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    // Read (and re-hash) per attempt: bytes that went bad at the source are never sent.
+    const data = await deps.chunks.get(id);
+    const packed = compress(data, { compressionLevel: 1 });
+    const [body, encoding] = packed.length < data.length * COMPRESSION_WORTH ? [packed, 'zstd' as const] : [data, 'raw' as const];
+    try {
+      await peer.putChunk(id, body, encoding, signal);
+      deps.metrics.bytesSent.inc(body.length, labels);
+      deps.metrics.chunksSent.inc(1, labels);
+      return;
+    } catch (e) {
+      deps.metrics.bytesSent.inc(body.length, labels);
+      if ((e as { code?: string }).code === 'ChunkDigestMismatch' && attempt < RESENDS_ON_DAMAGE) {
+        deps.metrics.chunksResent.inc(1, labels);
+        deps.log('warn', 'destination found a chunk damaged in transit; resending', { id, destRegion: peer.region, attempt });
+        continue;
+      }
+      throw e;
+    }
+  }
+}
+
+/** Each distinct chunk id once, in manifest order, with its length (the last chunk may be short). */
+export function distinctChunks(manifest: Manifest): Array<{ id: string; length: number }> {
+  const seen = new Set<string>();
+  const out: Array<{ id: string; length: number }> = [];
+  for (let i = 0; i < manifest.chunkCount; i++) {
+    const id = manifest.chunkId(i);
+    if (id === null || seen.has(id)) continue;
+    seen.add(id);
+    out.push({ id, length: manifest.chunkLength(i) });
+  }
+  return out;
+}

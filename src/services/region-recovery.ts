@@ -1,0 +1,38 @@
+/**
+ * What a region does at start, after a clean stop or a crash, before it serves: requeue jobs that
+ * were running (they resume), and bring every record whose in-memory side is gone back to a truthful
+ * state. Each step is idempotent.
+ */
+import type { Region } from './region-context.ts';
+
+export async function recoverRegion(region: Region): Promise<void> {
+  const requeued = await region.meta.jobs.requeueAllRunning();
+  // No block client survives a restart.
+  for (const v of await region.meta.volumes.listByStatus(['InUse'])) {
+    await region.meta.volumes.update(v.id, { status: 'Available' }, ['InUse']);
+  }
+  // A delete that was cut short: its record said Deleting; finish it.
+  for (const v of await region.meta.volumes.listByStatus(['Deleting'])) {
+    await region.meta.volumes.delete(v.id);
+    await region.meta.diskBases.delete(v.id);
+  }
+  // A resize cut short may have grown the file but not the record: not trustworthy.
+  for (const v of await region.meta.volumes.listByStatus(['Scaling'])) {
+    await region.meta.volumes.update(v.id, { status: 'Error', lastError: 'a resize was interrupted by a restart' }, ['Scaling']);
+  }
+  // Disk files whose volume record is gone (deleted, or never committed).
+  for (const id of await region.disks.list()) {
+    if (!(await region.meta.volumes.getAny(id))) await region.disks.delete(id);
+  }
+  if (requeued > 0) region.log('info', 'resuming interrupted jobs', { count: requeued });
+}
+
+/** Manifests that garbage collection must keep: snapshots', disks' bases, and those queued jobs read. */
+export async function gcRoots(region: Region): Promise<Set<string>> {
+  const roots = new Set<string>([...(await region.meta.snapshots.manifestIds()), ...(await region.meta.diskBases.manifestIds())]);
+  for (const job of await region.meta.jobs.list(['queued', 'running'])) {
+    const id = (job.payload as { manifestId?: unknown } | null)?.manifestId;
+    if (typeof id === 'string') roots.add(id);
+  }
+  return roots;
+}

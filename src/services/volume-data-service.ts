@@ -1,0 +1,93 @@
+/**
+ * Our extension (not BCC): reading and writing a disk's bytes over HTTP. Reads work on an Available
+ * or InUse disk; writes need an Available disk and hold the disk's lease for their duration, so a
+ * block client, a rollback or another write cannot interleave.
+ */
+import type { Readable } from 'node:stream';
+import type { Extent } from '../blockdev/block-target.ts';
+import type { Disk } from '../blockdev/disk.ts';
+import { ApiError } from '../domain/errors.ts';
+import { canReadVolumeData, canWriteVolumeData } from '../domain/volume.ts';
+import type { Region } from './region-context.ts';
+import type { RequestContext } from './request-context.ts';
+
+export const SECTOR = 512;
+/** Reads are answered in pieces of this size; writes are gathered into pieces of this size. */
+export const DATA_PIECE = 1 << 20;
+
+export class VolumeDataService {
+  constructor(private readonly region: Region) {}
+
+  /** Opens the disk for reading; the caller reads with `disk.read`. */
+  async openForRead(ctx: RequestContext, id: string): Promise<Disk> {
+    const volume = await this.region.meta.volumes.get(ctx.accountId, id);
+    if (!volume) throw new ApiError('NoSuchObject', `The disk ${id} does not exist.`);
+    if (!canReadVolumeData(volume.status)) throw new ApiError('OperationDenied', `The disk ${id} is ${volume.status}; its data can be read when Available or InUse.`);
+    return this.region.disks.open(id);
+  }
+
+  async extents(ctx: RequestContext, id: string): Promise<Array<Extent & { offset: number }>> {
+    const disk = await this.openForRead(ctx, id);
+    let offset = 0;
+    return (await disk.extents(0, disk.size)).map((e) => {
+      const out = { offset, ...e };
+      offset += e.length;
+      return out;
+    });
+  }
+
+  /** Makes [offset, offset+length) read as zeros without sending them (trimmed chunks cost no data write). */
+  async writeZeroes(ctx: RequestContext, id: string, offset: number, length: number): Promise<void> {
+    const disk = await this.openForWrite(ctx, id, offset, length);
+    const release = this.region.leases.acquire(id, 'http-write');
+    try {
+      await disk.writeZeroes(offset, length, true);
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * Writes `length` bytes from `body` at `offset`. Offset and length must be multiples of 512 and
+   * inside the disk; the disk must be Available and not held by anyone else.
+   */
+  async write(ctx: RequestContext, id: string, offset: number, length: number, body: Readable): Promise<void> {
+    const disk = await this.openForWrite(ctx, id, offset, length);
+    const release = this.region.leases.acquire(id, 'http-write');
+    try {
+      let position = offset;
+      let pending: Buffer[] = [];
+      let pendingBytes = 0;
+      const flushPending = async (): Promise<void> => {
+        if (pendingBytes === 0) return;
+        const piece = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes);
+        pending = [];
+        pendingBytes = 0;
+        await disk.write(position, piece, false);
+        position += piece.length;
+      };
+      for await (const chunk of body) {
+        const buf = chunk as Buffer;
+        if (position + pendingBytes + buf.length > offset + length) throw new ApiError('BadRequest', 'The body is longer than its Content-Length.');
+        pending.push(buf);
+        pendingBytes += buf.length;
+        if (pendingBytes >= DATA_PIECE) await flushPending();
+      }
+      await flushPending();
+      if (position !== offset + length) throw new ApiError('InvalidHTTPRequest', `The body ended after ${position - offset} of ${length} bytes.`);
+      await disk.flush();
+    } finally {
+      release();
+    }
+  }
+
+  private async openForWrite(ctx: RequestContext, id: string, offset: number, length: number): Promise<Disk> {
+    const volume = await this.region.meta.volumes.get(ctx.accountId, id);
+    if (!volume) throw new ApiError('NoSuchObject', `The disk ${id} does not exist.`);
+    if (!canWriteVolumeData(volume.status)) throw new ApiError('OperationDenied', `The disk ${id} is ${volume.status}; data can be written only when it is Available.`);
+    if (offset % SECTOR !== 0 || length % SECTOR !== 0) throw new ApiError('BadRequest', `offset and length must be multiples of ${SECTOR}.`);
+    const disk = await this.region.disks.open(id);
+    if (offset + length > disk.size) throw new ApiError('BadRequest', `The write (${offset}+${length}) ends past the end of the disk (${disk.size} bytes).`);
+    return disk;
+  }
+}

@@ -1,0 +1,94 @@
+/**
+ * Durable jobs that fill disks: creation (empty, or from a snapshot) and rollback. Both are safe to
+ * run again from the start after a crash: creation recreates the disk file, a rollback rewrites
+ * every chunk that may differ.
+ */
+import { GiB } from '../domain/volume.ts';
+import type { JobHandler, RetryPolicy } from '../jobs/job-runner.ts';
+import { PermanentJobError } from '../jobs/job-runner.ts';
+import type { JobRecord } from '../metadata/metadata-store.ts';
+import { restoreDisk } from '../repository/restore.ts';
+import { ChunkIntegrityError, ChunkNotFoundError } from '../chunkstore/chunk-store.ts';
+import type { Region } from './region-context.ts';
+import { loadDiskBase } from './disk-base.ts';
+
+export const VOLUME_CREATE_JOB = 'volume.create';
+export const VOLUME_ROLLBACK_JOB = 'volume.rollback';
+
+const LOCAL_RETRY: RetryPolicy = { initialDelayMs: 1000, maxDelayMs: 60_000, deadlineMs: 3600_000 };
+
+interface CreatePayload {
+  volumeId: string;
+  manifestId: string | null;
+}
+interface RollbackPayload {
+  volumeId: string;
+  snapshotId: string;
+  manifestId: string;
+}
+
+/** Data that cannot be read back correctly will not get better by retrying. */
+function permanentIfDataLost(e: unknown): unknown {
+  return e instanceof ChunkIntegrityError || e instanceof ChunkNotFoundError ? new PermanentJobError((e as Error).message) : e;
+}
+
+export function volumeCreateJob(region: Region): JobHandler {
+  return {
+    kind: VOLUME_CREATE_JOB,
+    retry: LOCAL_RETRY,
+    async run(job: JobRecord, control) {
+      const { volumeId, manifestId } = job.payload as CreatePayload;
+      const volume = await region.meta.volumes.getAny(volumeId);
+      if (!volume || volume.status !== 'Creating') return; // deleted meanwhile, or done before a crash
+      await region.disks.create(volumeId, volume.diskSizeInGB * GiB);
+      if (manifestId) {
+        const disk = await region.disks.open(volumeId);
+        try {
+          await restoreDisk(region.repo, await region.repo.loadManifest(manifestId), disk, null, undefined, control.signal);
+        } catch (e) {
+          throw permanentIfDataLost(e);
+        }
+      }
+      await region.meta.diskBases.set(volumeId, manifestId, 0);
+      await region.meta.volumes.update(volumeId, { status: 'Available' }, ['Creating']);
+      region.log('info', 'disk created', { volumeId, fromManifest: manifestId });
+    },
+    async onPermanentFailure(job, reason) {
+      const { volumeId } = job.payload as CreatePayload;
+      await region.meta.volumes.update(volumeId, { status: 'Error', lastError: reason }, ['Creating']);
+    },
+  };
+}
+
+export function volumeRollbackJob(region: Region): JobHandler {
+  return {
+    kind: VOLUME_ROLLBACK_JOB,
+    retry: LOCAL_RETRY,
+    async run(job: JobRecord, control) {
+      const { volumeId, manifestId } = job.payload as RollbackPayload;
+      const volume = await region.meta.volumes.getAny(volumeId);
+      if (!volume || volume.status !== 'SnapshotProcessing') return;
+      const release = region.leases.acquire(volumeId, 'maintenance');
+      try {
+        const disk = await region.disks.open(volumeId);
+        const current = await loadDiskBase(region, volumeId);
+        // A retry after a crash cannot trust the base: the first attempt may have rewritten chunks.
+        const trustBase = job.attempts === 1 ? current : null;
+        try {
+          await restoreDisk(region.repo, await region.repo.loadManifest(manifestId), disk, trustBase ?? { manifest: null, generation: 0 }, undefined, control.signal);
+        } catch (e) {
+          throw permanentIfDataLost(e);
+        }
+        await region.meta.diskBases.set(volumeId, manifestId, 0);
+        await region.meta.volumes.update(volumeId, { status: 'Available' }, ['SnapshotProcessing']);
+        region.log('info', 'disk rolled back', { volumeId, manifestId });
+      } finally {
+        release();
+      }
+    },
+    async onPermanentFailure(job, reason) {
+      const { volumeId } = job.payload as RollbackPayload;
+      await region.meta.volumes.update(volumeId, { status: 'Error', lastError: `rollback failed: ${reason}` }, ['SnapshotProcessing']);
+    },
+  };
+}

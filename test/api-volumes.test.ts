@@ -1,0 +1,166 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startHarness, bobKeys, type Harness } from './helpers/region-harness.ts';
+import { assertBceError } from './helpers/bce-assert.ts';
+
+let h: Harness;
+before(async () => (h = await startHarness('bj')));
+after(async () => h.close());
+
+async function createVolume(body: Record<string, unknown> = { cdsSizeInGB: 1 }, query = ''): Promise<string[]> {
+  const res = await h.call('POST', `/v2/volume${query}`, body);
+  assert.equal(res.status, 200, JSON.stringify(res.json));
+  return res.json.volumeIds;
+}
+
+async function waitStatus(id: string, status: string): Promise<any> {
+  return h.waitFor(async () => {
+    const res = await h.call('GET', `/v2/volume/${id}`);
+    return res.json.volume?.status === status ? res.json.volume : null;
+  });
+}
+
+test('create a disk: Creating then Available, with the BCC model', async () => {
+  const [id] = await createVolume({ cdsSizeInGB: 2, name: 'data-1', description: 'first disk', storageType: 'ssd', zoneName: 'cn-bj-b' });
+  assert.match(id!, /^v-[A-Za-z0-9]{8}$/);
+  const v = await waitStatus(id!, 'Available');
+  assert.deepEqual(v, {
+    id, name: 'data-1', diskSizeInGB: 2, paymentTiming: 'Postpaid', createTime: v.createTime, expireTime: null, status: 'Available',
+    type: 'Cds', storageType: 'ssd', desc: 'first disk', zoneName: 'cn-bj-b', regionId: 'bj', isSystemVolume: false, attachments: [],
+    sourceSnapshotId: '', snapshotNum: '0', encrypted: false, tags: [],
+  });
+  assert.match(v.createTime, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+});
+
+test('Go SDK quirks: nulls, empty strings and zeros mean "not given"; unknown fields are ignored', async () => {
+  const [id] = await createVolume({
+    cdsSizeInGB: 1, purchaseCount: 0, storageType: '', zoneName: '', name: null, tags: null, encryptKey: '', renewTime: 0,
+    billing: { paymentTiming: 'Postpaid' }, somethingNew: { x: 1 },
+  });
+  const v = await waitStatus(id!, 'Available');
+  assert.equal(v.storageType, 'hp1');
+  assert.equal(v.zoneName, 'cn-bj-a');
+});
+
+test('purchaseCount creates several disks in one call', async () => {
+  const ids = await createVolume({ cdsSizeInGB: 1, purchaseCount: 3 });
+  assert.equal(ids.length, 3);
+  assert.equal(new Set(ids).size, 3);
+  for (const id of ids) await waitStatus(id, 'Available');
+});
+
+test('bad create parameters answer 400 with the right code', async () => {
+  const cases: Array<[unknown, number, string]> = [
+    [{ cdsSizeInGB: 0 }, 400, 'Volume.DiskSizeInvalid'],
+    [{}, 400, 'Volume.DiskSizeInvalid'],
+    [{ cdsSizeInGB: 32766 }, 400, 'Volume.DiskSizeInvalid'],
+    [{ cdsSizeInGB: -5 }, 400, 'Volume.DiskSizeInvalid'],
+    [{ cdsSizeInGB: 1.5 }, 400, 'InappropriateJSON'],
+    [{ cdsSizeInGB: 'big' }, 400, 'InappropriateJSON'],
+    [{ cdsSizeInGB: 1, purchaseCount: 6 }, 400, 'BadRequest'],
+    [{ cdsSizeInGB: 1, storageType: 'floppy' }, 400, 'BadRequest'],
+    [{ cdsSizeInGB: 1, zoneName: 'cn-gz-a' }, 400, 'BadRequest'],
+    [{ cdsSizeInGB: 1, name: 7 }, 400, 'InappropriateJSON'],
+    [{ cdsSizeInGB: 1, snapshotId: 's-nothere1' }, 404, 'NoSuchObject'],
+    [[1, 2], 400, 'InappropriateJSON'],
+    ['{"cdsSizeInGB": 1', 400, 'MalformedJSON'],
+    ['', 400, 'MalformedJSON'],
+  ];
+  for (const [body, status, code] of cases) assertBceError(await h.call('POST', '/v2/volume', body), status, code);
+});
+
+test('clientToken: same token and body return the same ids without new disks; another body is 403 IdempotentParameterMismatch', async () => {
+  const token = `tok-${Date.now()}`;
+  const first = await createVolume({ cdsSizeInGB: 1, name: 'idem' }, `?clientToken=${token}`);
+  const again = await createVolume({ name: 'idem', cdsSizeInGB: 1 }, `?clientToken=${token}`);
+  assert.deepEqual(again, first);
+  const all = await h.call('GET', '/v2/volume?name=idem');
+  assert.equal(all.json.volumes.length, 1);
+  assertBceError(await h.call('POST', `/v2/volume?clientToken=${token}`, { cdsSizeInGB: 2, name: 'idem' }), 403, 'IdempotentParameterMismatch');
+  assertBceError(await h.call('POST', `/v2/volume?clientToken=${'x'.repeat(65)}`, { cdsSizeInGB: 1 }), 400, 'InappropriateJSON');
+  assertBceError(await h.call('POST', `/v2/volume?clientToken=${encodeURIComponent('tök')}`, { cdsSizeInGB: 1 }), 400, 'InappropriateJSON');
+  // The same token in another operation is another scope.
+  await waitStatus(first[0]!, 'Available');
+  const snap = await h.call('POST', `/v2/snapshot?clientToken=${token}`, { volumeId: first[0], snapshotName: 'idem' });
+  assert.equal(snap.status, 200, JSON.stringify(snap.json));
+});
+
+test('list pages with marker (inclusive, creation order) and filters by zone and name', async () => {
+  const ids = await createVolume({ cdsSizeInGB: 1, purchaseCount: 5, name: 'paged', zoneName: 'cn-bj-c' });
+  const seen: string[] = [];
+  let marker = '';
+  for (let page = 0; page < 10; page++) {
+    const res = await h.call('GET', `/v2/volume?zoneName=cn-bj-c&maxKeys=2${marker ? `&marker=${marker}` : ''}`);
+    assert.equal(res.status, 200);
+    assert.equal(res.json.maxKeys, 2);
+    assert.equal(res.json.marker, marker);
+    seen.push(...res.json.volumes.map((v: any) => v.id));
+    if (!res.json.isTruncated) {
+      assert.equal('nextMarker' in res.json, false);
+      break;
+    }
+    marker = res.json.nextMarker;
+    assert.equal(marker, ids[seen.length]);
+  }
+  assert.deepEqual(seen, ids);
+  const byName = await h.call('GET', '/v2/volume?name=paged&maxKeys=1000');
+  assert.equal(byName.json.volumes.length, 5);
+  assertBceError(await h.call('GET', '/v2/volume?maxKeys=1001'), 400, 'BadRequest');
+  assertBceError(await h.call('GET', '/v2/volume?maxKeys=abc'), 400, 'BadRequest');
+});
+
+test('another account sees none of it: 404 NoSuchObject exactly like a missing disk', async () => {
+  const [id] = await createVolume({ cdsSizeInGB: 1 });
+  await waitStatus(id!, 'Available');
+  const theirs = await h.call('GET', `/v2/volume/${id}`, undefined, { keys: bobKeys });
+  const missing = await h.call('GET', '/v2/volume/v-00000000', undefined, { keys: bobKeys });
+  assertBceError(theirs, 404, 'NoSuchObject');
+  assertBceError(missing, 404, 'NoSuchObject');
+  assert.equal((await h.call('GET', '/v2/volume', undefined, { keys: bobKeys })).json.volumes.length, 0);
+  assertBceError(await h.call('DELETE', `/v2/volume/${id}`, undefined, { keys: bobKeys }), 404, 'NoSuchObject');
+});
+
+test('delete: only Available/Expired/Error; gone afterwards; its snapshots stay', async () => {
+  const [id] = await createVolume({ cdsSizeInGB: 1 });
+  const creating = await h.call('DELETE', `/v2/volume/${id}`);
+  // Either still Creating (409) or already Available (200): both are legal outcomes of this race.
+  if (creating.status !== 200) {
+    assertBceError(creating, 409, 'Volume.DiskStatusCannotBeDeleted');
+    await waitStatus(id!, 'Available');
+    const snap = await h.call('POST', '/v2/snapshot', { volumeId: id, snapshotName: 'keep-me' });
+    await h.waitFor(async () => (await h.call('GET', `/v2/snapshot/${snap.json.snapshotId}`)).json.snapshot.status === 'Available');
+    assert.equal((await h.call('DELETE', `/v2/volume/${id}`)).status, 200);
+    assert.equal((await h.call('GET', `/v2/snapshot/${snap.json.snapshotId}`)).json.snapshot.status, 'Available');
+  }
+  assertBceError(await h.call('GET', `/v2/volume/${id}`), 404, 'NoSuchObject');
+  assertBceError(await h.call('DELETE', `/v2/volume/${id}`), 404, 'NoSuchObject');
+});
+
+test('resize grows an Available disk; smaller or equal sizes are refused', async () => {
+  const [id] = await createVolume({ cdsSizeInGB: 1 });
+  await waitStatus(id!, 'Available');
+  const res = await h.call('PUT', `/v2/volume/${id}?resize`, { newCdsSizeInGB: 3 });
+  assert.equal(res.status, 200);
+  assert.deepEqual(res.json, {});
+  assert.equal((await waitStatus(id!, 'Available')).diskSizeInGB, 3);
+  assertBceError(await h.call('PUT', `/v2/volume/${id}?resize`, { newCdsSizeInGB: 2 }), 400, 'Volume.DiskSizeInvalid');
+  assertBceError(await h.call('PUT', `/v2/volume/${id}?resize`, {}), 400, 'InappropriateJSON');
+  assertBceError(await h.call('PUT', `/v2/volume/${id}?resize=`, { newCdsSizeInGB: 3 }), 400, 'Volume.DiskSizeInvalid');
+  assertBceError(await h.call('PUT', `/v2/volume/${id}?frobnicate`, {}), 400, 'BadRequest');
+});
+
+test('rollback: with ?rollback and ?rollback=, only to a snapshot of this disk, only when Available', async () => {
+  const [a, b] = await createVolume({ cdsSizeInGB: 1, purchaseCount: 2 });
+  await waitStatus(a!, 'Available');
+  await waitStatus(b!, 'Available');
+  const snap = (await h.call('POST', '/v2/snapshot', { volumeId: a, snapshotName: 'rb' })).json.snapshotId;
+  await h.waitFor(async () => (await h.call('GET', `/v2/snapshot/${snap}`)).json.snapshot.status === 'Available');
+  assertBceError(await h.call('PUT', `/v2/volume/${b}?rollback`, { snapshotId: snap }), 404, 'NoSuchObject');
+  assertBceError(await h.call('PUT', `/v2/volume/${a}?rollback`, {}), 400, 'InappropriateJSON');
+  assertBceError(await h.call('PUT', `/v2/volume/${a}?rollback`, { snapshotId: 's-missing1' }), 404, 'NoSuchObject');
+  for (const flag of ['', '=']) {
+    assert.equal((await h.call('PUT', `/v2/volume/${a}?rollback${flag}`, { snapshotId: snap })).status, 200);
+    // While the rollback runs the disk is not Available: a second rollback is refused, then it settles.
+    await waitStatus(a!, 'Available');
+  }
+});

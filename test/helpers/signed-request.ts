@@ -1,0 +1,55 @@
+/**
+ * Builds requests signed the way each official SDK signs them, for in-process `inject` tests:
+ * - 'js':     explicit signed headers: host, content-length, content-type, x-bce-date (all defaults present)
+ * - 'go':     explicit list `host;x-bce-date` style, no x-bce-request-id among them
+ * - 'python': empty signed-headers field (the server must use the default set)
+ */
+import { formatTimestamp, parseRawQuery, sign, computeSignature } from '../../src/lib/bce-auth.ts';
+
+export type SdkStyle = 'js' | 'go' | 'python';
+
+export interface Keys {
+  ak: string;
+  sk: string;
+}
+
+export interface SignedRequestOptions {
+  method: string;
+  url: string;
+  body?: unknown;
+  keys: Keys;
+  style?: SdkStyle;
+  host?: string;
+  /** Override the signing time (ms). */
+  at?: number;
+  expirationSeconds?: number;
+  extraHeaders?: Record<string, string>;
+}
+
+export function signedRequest(o: SignedRequestOptions): { method: string; url: string; headers: Record<string, string>; payload?: string } {
+  const style = o.style ?? 'js';
+  const payload = o.body === undefined ? undefined : typeof o.body === 'string' ? o.body : JSON.stringify(o.body);
+  const timestamp = formatTimestamp(o.at ?? Date.now());
+  const headers: Record<string, string> = {
+    host: o.host ?? 'localhost:80',
+    'x-bce-date': timestamp,
+    'content-type': style === 'go' ? 'application/json;charset=utf-8' : 'application/json; charset=utf-8',
+    ...(payload !== undefined ? { 'content-length': String(Buffer.byteLength(payload)) } : {}),
+    ...(style === 'go' ? { 'x-bce-request-id': 'c3c1f3c2-0000-4000-8000-000000000000' } : {}),
+    ...o.extraHeaders,
+  };
+  const q = o.url.indexOf('?');
+  const path = decodeURIComponent(q < 0 ? o.url : o.url.slice(0, q));
+  const query = parseRawQuery(q < 0 ? '' : o.url.slice(q + 1));
+  const expirationSeconds = o.expirationSeconds ?? 1800;
+  const base = { method: o.method, path, query, headers, accessKeyId: o.keys.ak, secretAccessKey: o.keys.sk, timestamp, expirationSeconds };
+  let authorization: string;
+  if (style === 'python') {
+    authorization = `bce-auth-v1/${o.keys.ak}/${timestamp}/${expirationSeconds}//${computeSignature({ ...base, signedHeaders: null })}`;
+  } else if (style === 'go') {
+    authorization = sign({ ...base, signedHeaders: ['host', 'x-bce-date'] });
+  } else {
+    authorization = sign({ ...base, signedHeaders: null });
+  }
+  return { method: o.method, url: o.url, headers: { ...headers, authorization }, payload };
+}
