@@ -1,44 +1,56 @@
 /**
  * Composition root: the only module that picks concrete implementations (SQLite metadata, local
  * directory chunk stores) and wires a region together: stores, repository, disks, job runner,
- * services, HTTP app. `startServer` runs every configured region in this process.
+ * services, HTTP app, replication peers. `startServer` runs every configured region in this process;
+ * regions in one process still talk to each other only over HTTP, exactly as separate processes do.
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { buildRegionApp } from './api/region-app.ts';
 import type { Credential, CredentialDirectory } from './api/authenticate.ts';
+import { internalRoutes } from './api/internal-routes.ts';
+import { buildRegionApp } from './api/region-app.ts';
+import { remoteCopyRoutes } from './api/remote-copy-routes.ts';
 import { DiskManager } from './blockdev/disk-manager.ts';
 import { LocalDirChunkStore } from './chunkstore/local-dir-store.ts';
 import type { ServeConfig } from './config.ts';
+import { isKnownRegion } from './domain/region.ts';
 import { JobRunner } from './jobs/job-runner.ts';
 import { jsonLogger, type LogFn } from './lib/logger.ts';
 import { MetricsRegistry } from './lib/metrics.ts';
 import { acquirePidLock } from './lib/pid-lock.ts';
 import { Sha256Pool } from './lib/sha256-pool.ts';
 import { SqliteMetadataStore } from './metadata/sqlite/sqlite-metadata-store.ts';
+import { COPY_JOB, copyJob, type CopyPayload } from './replication/copy-job.ts';
+import { CHUNK_ENCODING_HEADER, PeerClient, SERVICE_KEY_PREFIX } from './replication/peer-client.ts';
+import { ReplicationMetrics } from './replication/replication-metrics.ts';
 import { ChunkRepository, RepositoryMetrics } from './repository/chunk-repository.ts';
 import { collectGarbage } from './repository/garbage-collector.ts';
+import { Manifest } from './repository/manifest.ts';
+import { scrubRepository } from './repository/scrub.ts';
+import { CLIENT_TOKEN_TTL_MS } from './services/client-token.ts';
 import { DiskLeases } from './services/disk-leases.ts';
+import { IncomingCopyService } from './services/incoming-copy-service.ts';
 import type { Region } from './services/region-context.ts';
+import { gcRoots, recoverRegion } from './services/region-recovery.ts';
+import { RemoteCopyService } from './services/remote-copy-service.ts';
 import { snapshotCreateJob } from './services/snapshot-jobs.ts';
 import { SnapshotService } from './services/snapshot-service.ts';
 import { VolumeDataService } from './services/volume-data-service.ts';
 import { volumeCreateJob, volumeRollbackJob } from './services/volume-jobs.ts';
 import { VolumeService } from './services/volume-service.ts';
-import { recoverRegion, gcRoots } from './services/region-recovery.ts';
-import { CLIENT_TOKEN_TTL_MS } from './services/client-token.ts';
 
-export interface RunningRegion {
-  name: string;
-  url: string;
+export interface BuiltRegion {
   region: Region;
   app: FastifyInstance;
+  metrics: MetricsRegistry;
+  /** Starts the job runner and the periodic garbage collection. */
+  start(): void;
   close(): Promise<void>;
 }
 
 export interface RunningServer {
-  regions: RunningRegion[];
+  regions: Array<BuiltRegion & { url: string }>;
   close(): Promise<void>;
 }
 
@@ -47,13 +59,30 @@ export function tenantDirectory(config: ServeConfig): CredentialDirectory {
   return { lookup: (ak) => byKey.get(ak) ?? null };
 }
 
-/** Builds one region (stores opened, recovery done, jobs not yet started, not yet listening). */
-export async function buildRegion(config: ServeConfig, name: string, hasher: Sha256Pool, log: LogFn): Promise<{ region: Region; app: FastifyInstance; start(): void; close(): Promise<void> }> {
+/** The regions' own credential: `snapferry-region-<name>` with the shared region secret. Never a tenant's. */
+export function serviceDirectory(regionSecret: string): CredentialDirectory {
+  return {
+    lookup(ak) {
+      const region = ak.startsWith(SERVICE_KEY_PREFIX) ? ak.slice(SERVICE_KEY_PREFIX.length) : '';
+      return isKnownRegion(region) ? { accountId: `region:${region}`, secretAccessKey: regionSecret } : null;
+    },
+  };
+}
+
+/** Base URLs of every region this one can copy to: regions of this process, and configured peers. */
+export function peerUrls(config: ServeConfig): Record<string, string> {
+  const host = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host.includes(':') ? `[${config.host}]` : config.host;
+  const local = Object.fromEntries(config.regions.map((r, i) => [r, `http://${host}:${config.port + i}`]));
+  return { ...local, ...config.peers };
+}
+
+/** Builds one region: stores opened, recovery done; jobs not started and not listening yet. */
+export async function buildRegion(config: ServeConfig, name: string, hasher: Sha256Pool, log: LogFn): Promise<BuiltRegion> {
   const dir = join(config.dataDir, name);
   await mkdir(dir, { recursive: true });
   const meta = new SqliteMetadataStore(join(dir, 'meta.db'));
-  const chunks = await LocalDirChunkStore.open(join(dir, 'chunks'));
-  const manifests = await LocalDirChunkStore.open(join(dir, 'manifests'));
+  const chunks = await LocalDirChunkStore.open(join(dir, 'chunks'), { hasher: (b) => hasher.hash(b) });
+  const manifests = await LocalDirChunkStore.open(join(dir, 'manifests'), { hasher: (b) => hasher.hash(b) });
   const metrics = new MetricsRegistry();
   const repo = new ChunkRepository(chunks, manifests, hasher, config.chunkSize, new RepositoryMetrics(metrics));
   const disks = new DiskManager(join(dir, 'disks'), config.chunkSize);
@@ -65,39 +94,86 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
     log,
   });
   const region: Region = { name, meta, jobs, disks, repo, leases: new DiskLeases(), log };
+
+  const urls = peerUrls(config);
+  const peers = new Map<string, PeerClient>();
+  const peer = (dest: string): PeerClient | null => {
+    if (dest === name || !urls[dest]) return null;
+    let client = peers.get(dest);
+    if (!client) {
+      client = new PeerClient(dest, urls[dest]!, name, config.regionSecret);
+      peers.set(dest, client);
+    }
+    return client;
+  };
+  const replicationMetrics = new ReplicationMetrics(metrics);
+  metrics.onCollect(async () => {
+    for (const [state, gauge] of [['running', replicationMetrics.activeCopies], ['queued', replicationMetrics.queuedCopies]] as const) {
+      const counts = new Map<string, number>(Object.keys(urls).filter((r) => r !== name).map((r) => [r, 0]));
+      for (const j of await meta.jobs.list([state], [COPY_JOB])) {
+        const dest = (j.payload as CopyPayload).destRegion;
+        counts.set(dest, (counts.get(dest) ?? 0) + 1);
+      }
+      for (const [dest, n] of counts) gauge.set(n, { destination: dest });
+    }
+  });
+
   jobs.register(volumeCreateJob(region));
   jobs.register(volumeRollbackJob(region));
   jobs.register(snapshotCreateJob(region));
+  jobs.register(
+    copyJob({
+      chunks, manifests, decodeManifest: (b) => Manifest.decode(b), peer, metrics: replicationMetrics, log,
+      retry: { initialDelayMs: 500, maxDelayMs: 5 * 60_000, deadlineMs: config.copyDeadlineMs },
+    }),
+  );
 
-  const volumes = new VolumeService(region);
-  const snapshots = new SnapshotService(region);
+  const remoteCopies = new RemoteCopyService(region, peer);
+  const runGc = async (): Promise<unknown> => {
+    const result = await collectGarbage(repo, () => gcRoots(region), config.gcGraceMs);
+    await meta.idempotency.purgeOlderThan(Date.now() - CLIENT_TOKEN_TTL_MS);
+    await meta.jobs.deleteFinishedBefore(Date.now() - 7 * 86_400_000);
+    return result;
+  };
   const app = buildRegionApp({
-    region: name, tenants: tenantDirectory(config), volumes, snapshots, volumeData: new VolumeDataService(region), metrics, log,
+    region: name,
+    tenants: tenantDirectory(config),
+    volumes: new VolumeService(region),
+    snapshots: new SnapshotService(region, (id) => remoteCopies.isBeingRead(id)),
+    volumeData: new VolumeDataService(region),
+    metrics,
+    log,
+    extraRoutes: [
+      remoteCopyRoutes(remoteCopies),
+      internalRoutes({
+        services: serviceDirectory(config.regionSecret), incoming: new IncomingCopyService(region), chunkSize: config.chunkSize,
+        chunkEncodingHeader: CHUNK_ENCODING_HEADER, now: Date.now,
+        admin: { scrub: () => scrubRepository(repo), gc: runGc },
+      }),
+    ],
   });
   await recoverRegion(region);
 
   let gcTimer: NodeJS.Timeout | null = null;
-  const runGc = async (): Promise<void> => {
-    try {
-      const result = await collectGarbage(repo, () => gcRoots(region), config.gcGraceMs);
-      await meta.idempotency.purgeOlderThan(Date.now() - CLIENT_TOKEN_TTL_MS);
-      if (result.chunksDeleted + result.manifestsDeleted > 0 || result.brokenRoots.length > 0) log('info', 'garbage collected', { ...result });
-    } catch (e) {
-      log('error', 'garbage collection failed', { err: String(e) });
-    }
-  };
   return {
     region,
     app,
+    metrics,
     start() {
       jobs.start();
-      gcTimer = setInterval(() => void runGc(), config.gcIntervalMs);
+      gcTimer = setInterval(() => {
+        runGc().then(
+          (result) => log('info', 'garbage collection done', { ...(result as object) }),
+          (e) => log('error', 'garbage collection failed', { err: String(e) }),
+        );
+      }, config.gcIntervalMs);
       gcTimer.unref();
     },
     async close() {
       if (gcTimer) clearInterval(gcTimer);
       await app.close();
       await jobs.stop();
+      await Promise.allSettled([...peers.values()].map((p) => p.close()));
       await disks.closeAll();
       await meta.close();
     },
@@ -107,35 +183,34 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
 export async function startServer(config: ServeConfig, out: NodeJS.WritableStream = process.stdout): Promise<RunningServer> {
   const releaseLock = acquirePidLock(join(config.dataDir, 'LOCK'));
   const hasher = new Sha256Pool();
-  const running: RunningRegion[] = [];
+  const running: Array<BuiltRegion & { url: string }> = [];
+  const closeAll = async (): Promise<void> => {
+    await Promise.allSettled(running.map((r) => r.close()));
+    await hasher.close();
+    releaseLock();
+  };
   try {
     for (const [index, name] of config.regions.entries()) {
-      const log = jsonLogger({ region: name });
-      const built = await buildRegion(config, name, hasher, log);
+      const built = await buildRegion(config, name, hasher, jsonLogger({ region: name }));
       const port = config.port + index;
       try {
         await built.app.listen({ host: config.host, port });
       } catch (e) {
         await built.close();
-        throw new Error(`region ${name} cannot listen on ${config.host}:${port}: ${(e as NodeJS.ErrnoException).code === 'EADDRINUSE' ? 'the port is in use' : (e as Error).message}`);
+        const why = (e as NodeJS.ErrnoException).code === 'EADDRINUSE' ? 'the port is in use' : (e as Error).message;
+        throw new Error(`region ${name} cannot listen on ${config.host}:${port}: ${why}`);
       }
-      built.start();
       const url = `http://${config.host}:${port}`;
-      running.push({ name, url, region: built.region, app: built.app, close: built.close });
-      out.write(`snapferry: region ${name} ready on ${url}\n`);
+      running.push({ ...built, url });
+    }
+    // Jobs start once every region of this process listens: a copy to a neighbour finds it up.
+    for (const r of running) {
+      r.start();
+      out.write(`snapferry: region ${r.region.name} ready on ${r.url}\n`);
     }
   } catch (e) {
-    await Promise.allSettled(running.map((r) => r.close()));
-    await hasher.close();
-    releaseLock();
+    await closeAll();
     throw e;
   }
-  return {
-    regions: running,
-    async close() {
-      await Promise.allSettled(running.map((r) => r.close()));
-      await hasher.close();
-      releaseLock();
-    },
-  };
+  return { regions: running, close: closeAll };
 }

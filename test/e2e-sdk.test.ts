@@ -4,60 +4,26 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createRequire } from 'node:module';
 import { spawnServer, type SpawnedServer } from './helpers/spawned-server.ts';
-
-const require = createRequire(import.meta.url);
-const { BceBaseClient } = require('@baiducloud/sdk');
+import { sdkClient, send, sendError, until, type SdkClient } from './helpers/sdk.ts';
 
 const AK = 'e2e-access-key-0123456789';
 const SK = 'e2e-secret-key-abcdefghij';
 const OTHER = { accountId: 'other', accessKeyId: 'other-ak-00000000000000', secretAccessKey: 'other-sk' };
 
 let server: SpawnedServer;
-let configFile: string;
 
 before(async () => {
   const { writeFile, mkdtemp } = await import('node:fs/promises');
   const { tmpdir } = await import('node:os');
   const { join } = await import('node:path');
-  configFile = join(await mkdtemp(join(tmpdir(), 'snapferry-cfg-')), 'config.json');
+  const configFile = join(await mkdtemp(join(tmpdir(), 'snapferry-cfg-')), 'config.json');
   await writeFile(configFile, JSON.stringify({ accounts: [OTHER] }));
   server = await spawnServer({ env: { SNAPFERRY_ACCESS_KEY_ID: AK, SNAPFERRY_SECRET_ACCESS_KEY: SK }, extraArgs: ['--config', configFile] });
 });
 after(async () => server?.dispose());
 
-function client(region: string, ak = AK, sk = SK): any {
-  return new BceBaseClient({ endpoint: server.urls[region], credentials: { ak, sk } }, 'bcc', false);
-}
-
-async function send(c: any, method: string, path: string, opts: { body?: unknown; params?: Record<string, string> } = {}): Promise<any> {
-  const res = await c.sendRequest(method, path, {
-    body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
-    params: opts.params ?? {},
-    headers: { 'Content-Type': 'application/json; charset=UTF-8' },
-  });
-  return res.body;
-}
-
-async function sendError(c: any, method: string, path: string, opts: { body?: unknown; params?: Record<string, string> } = {}): Promise<{ status: number; code: string }> {
-  try {
-    await send(c, method, path, opts);
-  } catch (e: any) {
-    return { status: e.status_code, code: e.code };
-  }
-  assert.fail(`${method} ${path} succeeded but should have failed`);
-}
-
-async function until<T>(fn: () => Promise<T | null | false>, ms = 30_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const client = (region: string, ak = AK, sk = SK): SdkClient => sdkClient(server.urls[region]!, ak, sk);
 
 test('the server prints one ready line per region and answers healthz on each port', async () => {
   for (const r of ['bj', 'gz', 'hkg']) {

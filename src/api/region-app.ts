@@ -42,7 +42,7 @@ export function buildRegionApp(deps: RegionApiDeps): FastifyInstance {
     logger: false,
     genReqId: () => randomUUID(),
     requestIdHeader: false,
-    ignoreTrailingSlash: true,
+    routerOptions: { ignoreTrailingSlash: true },
     // Idle keep-alive sockets are closed on shutdown; requests in flight are allowed to finish.
     forceCloseConnections: 'idle',
     return503OnClosing: true,
@@ -70,7 +70,7 @@ export function buildRegionApp(deps: RegionApiDeps): FastifyInstance {
   });
 
   app.get('/healthz', async (_req, reply) => reply.header('content-type', 'application/json; charset=utf-8').send(JSON.stringify({ status: 'ok', region: deps.region })));
-  app.get('/metrics', async (_req, reply) => reply.header('content-type', 'text/plain; version=0.0.4').send(deps.metrics.render()));
+  app.get('/metrics', async (_req, reply) => reply.header('content-type', 'text/plain; version=0.0.4').send(await deps.metrics.render()));
 
   volumeRoutes(app, env, deps.volumes);
   snapshotRoutes(app, env, deps.snapshots);

@@ -57,6 +57,12 @@ export class Gauge extends Metric {
 
 export class MetricsRegistry {
   private readonly metrics: Metric[] = [];
+  private readonly collectors: Array<() => Promise<void>> = [];
+
+  /** Runs before each render: for gauges read from a store rather than kept up to date. */
+  onCollect(fn: () => Promise<void>): void {
+    this.collectors.push(fn);
+  }
 
   counter(name: string, help: string): Counter {
     const c = new Counter(name, help);
@@ -70,7 +76,8 @@ export class MetricsRegistry {
     return g;
   }
 
-  render(): string {
+  async render(): Promise<string> {
+    for (const collect of this.collectors) await collect();
     return this.metrics.map((m) => m.render()).join('\n') + '\n';
   }
 }

@@ -3,27 +3,31 @@ import { ApiError } from '../domain/errors.ts';
 export type LeaseHolder = 'block-client' | 'http-write' | 'maintenance';
 
 /**
- * Who may change a disk's bytes right now: one holder at a time (an NBD writer, an HTTP data write,
- * or a maintenance job such as rollback). In memory: these are all of this process, and a crash
- * ends them all.
+ * Who may change a disk's bytes right now: an NBD writer, HTTP data writes (any number at once: a
+ * client imports with several requests in flight), or a maintenance job such as rollback. Kinds
+ * exclude each other. In memory: holders all live in this process, and a crash ends them all.
  */
 export class DiskLeases {
-  private readonly holders = new Map<string, LeaseHolder>();
+  private readonly holders = new Map<string, { who: LeaseHolder; count: number }>();
 
   holder(volumeId: string): LeaseHolder | null {
-    return this.holders.get(volumeId) ?? null;
+    return this.holders.get(volumeId)?.who ?? null;
   }
 
   /** Takes the lease or throws OperationDenied naming who holds it. Returns the release function. */
   acquire(volumeId: string, who: LeaseHolder): () => void {
     const current = this.holders.get(volumeId);
-    if (current) throw new ApiError('OperationDenied', `The disk ${volumeId} is busy (${describe(current)}).`);
-    this.holders.set(volumeId, who);
+    if (current && !(current.who === 'http-write' && who === 'http-write')) {
+      throw new ApiError('OperationDenied', `The disk ${volumeId} is busy (${describe(current.who)}).`);
+    }
+    if (current) current.count++;
+    else this.holders.set(volumeId, { who, count: 1 });
     let released = false;
     return () => {
       if (released) return;
       released = true;
-      if (this.holders.get(volumeId) === who) this.holders.delete(volumeId);
+      const held = this.holders.get(volumeId);
+      if (held && held.who === who && --held.count === 0) this.holders.delete(volumeId);
     };
   }
 }

@@ -1,0 +1,165 @@
+/**
+ * Cross-region replication end to end: `snapferry serve` processes, the official JavaScript SDK for
+ * every BCC call, the real CLI for moving disk images in and out.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BceClient } from '../src/lib/bce-client.ts';
+import { cliJson } from './helpers/cli.ts';
+import { metric } from './helpers/metrics.ts';
+import { sdkClient, send, sendError, until, waitSnapshot, waitVolume, type SdkClient } from './helpers/sdk.ts';
+import { spawnServer, type SpawnedServer } from './helpers/spawned-server.ts';
+import { makeImage, sha256Of, type TestImage } from './helpers/test-image.ts';
+
+const AK = 'repl-access-key-000000000';
+const SK = 'repl-secret-key-111111111';
+const GiB = 1024 ** 3;
+const MiB = 1 << 20;
+
+let server: SpawnedServer;
+let work: string;
+let image: TestImage;
+let imageSha: string;
+const env = (region: string): Record<string, string> => ({ SNAPFERRY_ACCESS_KEY_ID: AK, SNAPFERRY_SECRET_ACCESS_KEY: SK, SNAPFERRY_ENDPOINT: server.urls[region]! });
+const sdk = (region: string): SdkClient => sdkClient(server.urls[region]!, AK, SK);
+
+/** State shared by the tests below, which build on each other in order. */
+const state: { volumeId?: string; snapshotId?: string; copies?: Record<string, string> } = {};
+
+before(async () => {
+  work = await mkdtemp(join(tmpdir(), 'snapferry-repl-'));
+  server = await spawnServer({ env: { SNAPFERRY_ACCESS_KEY_ID: AK, SNAPFERRY_SECRET_ACCESS_KEY: SK } });
+  image = await makeImage(join(work, 'disk.img'), GiB - 4096 - 700);
+  imageSha = await sha256Of(image.path, GiB);
+});
+after(async () => {
+  await server?.dispose();
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+async function exportSha(region: string, volumeId: string): Promise<string> {
+  const out = join(work, `${region}-${volumeId}.img`);
+  await cliJson(['volume', 'export', volumeId, out], env(region));
+  const sha = await sha256Of(out, GiB);
+  await rm(out);
+  return sha;
+}
+
+test('a 1 GiB snapshot is copied bj -> hkg and bj -> gz in one call; each copy restores bit-identical', async () => {
+  const bj = sdk('bj');
+  const [volumeId] = (await send(bj, 'POST', '/v2/volume', { body: { cdsSizeInGB: 1, name: 'repl-src' } })).volumeIds;
+  await waitVolume(bj, volumeId);
+  await cliJson(['volume', 'import', volumeId, image.path], env('bj'));
+  const { snapshotId } = await send(bj, 'POST', '/v2/snapshot', { body: { volumeId, snapshotName: 'repl-1' } });
+  await waitSnapshot(bj, snapshotId);
+
+  const res = await send(bj, 'PUT', `/v2/snapshot/remote_copy/${snapshotId}`, {
+    params: { clientToken: 'copy-1' },
+    body: { destRegionInfos: [{ name: 'to-hkg', destRegion: 'hkg' }, { destRegion: 'gz' }] },
+  });
+  assert.deepEqual(res.result.map((r: any) => r.region), ['hkg', 'gz']);
+  for (const r of res.result) assert.match(r.snapshotId, /^s-[A-Za-z0-9]{8}$/);
+  // A retry with the same token returns the same ids and starts nothing new.
+  const again = await send(bj, 'PUT', `/v2/snapshot/remote_copy/${snapshotId}`, {
+    params: { clientToken: 'copy-1' },
+    body: { destRegionInfos: [{ name: 'to-hkg', destRegion: 'hkg' }, { destRegion: 'gz' }] },
+  });
+  assert.deepEqual(again.result, res.result);
+  assert.deepEqual(
+    await sendError(bj, 'PUT', `/v2/snapshot/remote_copy/${snapshotId}`, { params: { clientToken: 'copy-1' }, body: { destRegionInfos: [{ destRegion: 'hkg' }] } }),
+    { status: 403, code: 'IdempotentParameterMismatch' },
+  );
+
+  const copies: Record<string, string> = {};
+  for (const { region, snapshotId: copyId } of res.result) {
+    copies[region] = copyId;
+    const seen = new Set<string>();
+    const copy = await until(async () => {
+      const s = (await send(sdk(region), 'GET', `/v2/snapshot/${copyId}`)).snapshot;
+      seen.add(s.progress);
+      return s.status === 'Available' ? s : null;
+    }, 300_000, `copy in ${region}`);
+    assert.equal(copy.progress, '100');
+    assert.equal(copy.sizeInGB, 1);
+    assert.equal(copy.volumeId, '');
+    assert.equal(copy.sourceRegion, 'bj');
+    assert.equal(copy.sourceSnapshotId, snapshotId);
+    assert.equal(copy.name, region === 'hkg' ? 'to-hkg' : 'repl-1');
+    for (const p of seen) assert.ok(Number(p) >= 0 && Number(p) <= 100);
+  }
+  // Nothing was sent twice: each destination got each distinct chunk once.
+  const sentHkg = await metric(server.urls.bj!, 'snapferry_replication_chunks_sent_total', { destination: 'hkg' });
+  const sentGz = await metric(server.urls.bj!, 'snapferry_replication_chunks_sent_total', { destination: 'gz' });
+  assert.equal(sentHkg, sentGz);
+  assert.ok(sentHkg > 0 && sentHkg <= Math.ceil(image.dataBytes / MiB) + 2, `sent ${sentHkg} chunks`);
+  // Text ranges compress: fewer bytes on the wire than the data itself.
+  const wire = await metric(server.urls.bj!, 'snapferry_replication_bytes_sent_total', { destination: 'hkg' });
+  assert.ok(wire < image.dataBytes, `wire ${wire} should be below the ${image.dataBytes} data bytes`);
+
+  for (const region of ['hkg', 'gz']) {
+    const c = sdk(region);
+    const [restored] = (await send(c, 'POST', '/v2/volume', { body: { snapshotId: copies[region] } })).volumeIds;
+    const v = await waitVolume(c, restored);
+    assert.equal(v.sourceSnapshotId, copies[region]);
+    assert.equal(await exportSha(region, restored), imageSha, `restored disk in ${region} differs`);
+  }
+  Object.assign(state, { volumeId, snapshotId, copies });
+});
+
+test('after a 1% change the next copy sends about 1% (at most 1.2x the changed bytes)', async () => {
+  assert.ok(state.volumeId, 'needs the first test');
+  const bj = sdk('bj');
+  const raw = new BceClient(server.urls.bj!, { accessKeyId: AK, secretAccessKey: SK });
+  const changed = 10 * MiB; // ~1% of 1 GiB, in 10 scattered 1 MiB writes of fresh random data
+  for (let i = 0; i < 10; i++) {
+    await raw.json({ method: 'PUT', path: `/v2/volume/${state.volumeId}/data`, query: { offset: String((i * 97 + 13) * MiB) }, body: randomBytes(MiB) });
+  }
+  await raw.close();
+  const { snapshotId } = await send(bj, 'POST', '/v2/snapshot', { body: { volumeId: state.volumeId, snapshotName: 'repl-2' } });
+  await waitSnapshot(bj, snapshotId);
+  const before = await metric(server.urls.bj!, 'snapferry_replication_bytes_sent_total', { destination: 'hkg' });
+  const { result } = await send(bj, 'PUT', `/v2/snapshot/remote_copy/${snapshotId}`, { body: { destRegionInfos: [{ destRegion: 'hkg' }] } });
+  await waitSnapshot(sdk('hkg'), result[0].snapshotId, 120_000);
+  const sent = (await metric(server.urls.bj!, 'snapferry_replication_bytes_sent_total', { destination: 'hkg' })) - before;
+  assert.ok(sent > 0.9 * changed && sent <= 1.2 * changed, `sent ${sent} bytes for ${changed} changed`);
+  state.copies!.hkg2 = result[0].snapshotId;
+});
+
+test('copying hkg -> bj back sends nothing: bj already holds every chunk', async () => {
+  const copyId = state.copies!.hkg2!;
+  const hkg = sdk('hkg');
+  const { result } = await send(hkg, 'PUT', `/v2/snapshot/remote_copy/${copyId}`, { body: { destRegionInfos: [{ destRegion: 'bj', name: 'back-home' }] } });
+  const back = await waitSnapshot(sdk('bj'), result[0].snapshotId);
+  assert.equal(back.sourceRegion, 'hkg');
+  assert.equal(await metric(server.urls.hkg!, 'snapferry_replication_chunks_sent_total', { destination: 'bj' }), 0);
+  assert.ok((await metric(server.urls.hkg!, 'snapferry_replication_chunks_skipped_total', { destination: 'bj' })) > 0);
+  // A copy of a copy is a real snapshot: it restores.
+  const [v] = (await send(sdk('bj'), 'POST', '/v2/volume', { body: { snapshotId: result[0].snapshotId } })).volumeIds;
+  await waitVolume(sdk('bj'), v);
+});
+
+test('error cases of remote copy answer the documented codes', async () => {
+  const bj = sdk('bj');
+  const id = state.snapshotId!;
+  const cases: Array<[unknown, number, string]> = [
+    [{ destRegionInfos: [] }, 409, 'OperationDenied'],
+    [{ destRegionInfos: [{ destRegion: 'bj' }] }, 409, 'OperationDenied'],
+    [{ destRegionInfos: [{ destRegion: 'sin' }] }, 409, 'OperationDenied'],
+    [{ destRegionInfos: [{ destRegion: 'mars' }] }, 409, 'OperationDenied'],
+    [{ destRegionInfos: [{ destRegion: 'hkg' }, { destRegion: 'hkg' }] }, 409, 'OperationDenied'],
+    [{ destRegionInfos: [{ destRegion: 'hkg', name: '9-bad-name' }] }, 409, 'OperationDenied'],
+    [{}, 400, 'InappropriateJSON'],
+    [{ destRegionInfos: 'hkg' }, 400, 'InappropriateJSON'],
+    [{ destRegionInfos: [{ name: 'x' }] }, 400, 'InappropriateJSON'],
+  ];
+  for (const [body, status, code] of cases) {
+    assert.deepEqual(await sendError(bj, 'PUT', `/v2/snapshot/remote_copy/${id}`, { body }), { status, code }, JSON.stringify(body));
+  }
+  assert.deepEqual(await sendError(bj, 'PUT', '/v2/snapshot/remote_copy/s-nothere1', { body: { destRegionInfos: [{ destRegion: 'hkg' }] } }), { status: 404, code: 'NoSuchObject' });
+  const notJson = await fetch(`${server.urls.bj}/v2/snapshot/remote_copy/${id}`, { method: 'PUT', body: '{' });
+  assert.equal(notJson.status, 403); // unsigned: refused before the body is read
+});
