@@ -1,5 +1,6 @@
 /** The `snapferry` command line: `serve`, and client commands that talk to one region. */
 import { Command } from 'commander';
+import { adminCommands } from './admin-commands.ts';
 import { serveCommand } from './serve-command.ts';
 import { snapshotCommands } from './snapshot-commands.ts';
 import { volumeCommands } from './volume-commands.ts';
@@ -27,5 +28,6 @@ const common = (c: Command): Command =>
 
 volumeCommands(program, common);
 snapshotCommands(program, common);
+adminCommands(program);
 
 await program.parseAsync(process.argv);

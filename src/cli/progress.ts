@@ -44,3 +44,39 @@ export function formatBytes(n: number): string {
   }
   return `${v.toFixed(u === 0 ? 0 : 1)} ${units[u]}`;
 }
+
+/** Several percentages at once (one per destination of a copy): one redrawn line on a terminal, plain lines otherwise. */
+export class MultiProgress {
+  private readonly percents = new Map<string, number>();
+  private readonly lastLine = new Map<string, number>();
+  private readonly tty: boolean;
+
+  constructor(
+    labels: string[],
+    private readonly quiet: boolean,
+    private readonly stream: NodeJS.WriteStream = process.stderr,
+  ) {
+    for (const l of labels) this.percents.set(l, 0);
+    this.tty = stream.isTTY === true;
+  }
+
+  update(label: string, percent: number, note = ''): void {
+    if (this.quiet) return;
+    const changed = this.percents.get(label) !== percent;
+    this.percents.set(label, percent);
+    if (this.tty) {
+      const parts = [...this.percents].map(([l, p]) => `${l} [${'#'.repeat(Math.round(p / 5)).padEnd(20, '.')}] ${String(p).padStart(3)}%`);
+      this.stream.write(`\r${parts.join('  ')}${note ? `  ${note}` : ''}`);
+      return;
+    }
+    const now = Date.now();
+    if (changed && (percent === 100 || now - (this.lastLine.get(label) ?? 0) >= 1000)) {
+      this.lastLine.set(label, now);
+      this.stream.write(`${label}: ${percent}%${note ? ` ${note}` : ''}\n`);
+    }
+  }
+
+  done(): void {
+    if (this.tty && !this.quiet) this.stream.write('\n');
+  }
+}

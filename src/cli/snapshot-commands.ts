@@ -1,6 +1,6 @@
 /** `snapferry snapshot create|list|show|delete|copy`. */
 import type { Command } from 'commander';
-import { Progress } from './progress.ts';
+import { MultiProgress, Progress } from './progress.ts';
 import { runClientCommand, waitUntil, type ClientContext, type ClientFlags } from './client-context.ts';
 
 interface SnapshotModel {
@@ -54,6 +54,12 @@ export function snapshotCommands(program: Command, common: (c: Command) => Comma
       }),
     );
 
+  common(snapshot.command('copy').argument('<snapshotId>').description('copy a snapshot to other regions'))
+    .requiredOption('--to <regions>', 'destination regions, comma-separated (e.g. hkg,gz)')
+    .option('--name <name>', 'name of the copies (default: the source name)')
+    .option('--wait', 'wait until every copy is Available, with a progress bar per destination')
+    .action((id: string, o: ClientFlags & { to: string; name?: string; wait?: boolean }) => runClientCommand(o, (ctx) => copySnapshot(ctx, id, o)));
+
   common(snapshot.command('delete').argument('<snapshotId>').description('delete a snapshot'))
     .action((id: string, o: ClientFlags) =>
       runClientCommand(o, async (ctx) => {
@@ -61,6 +67,33 @@ export function snapshotCommands(program: Command, common: (c: Command) => Comma
         ctx.print({ deleted: id }, () => `deleted ${id}`);
       }),
     );
+}
+
+interface CopyStatus {
+  region: string;
+  snapshotId: string;
+  state: 'queued' | 'running' | 'done' | 'failed';
+  progress: number;
+  lastError: string | null;
+}
+
+async function copySnapshot(ctx: ClientContext, id: string, o: { to: string; name?: string; wait?: boolean }): Promise<void> {
+  const regions = o.to.split(',').map((r) => r.trim()).filter((r) => r !== '');
+  const { result } = await ctx.client.json<{ result: Array<{ region: string; snapshotId: string }> }>({
+    method: 'PUT', path: `/v2/snapshot/remote_copy/${id}`, json: { destRegionInfos: regions.map((destRegion) => ({ destRegion, name: o.name })) },
+  });
+  if (!o.wait) return ctx.print({ result }, () => result.map((r) => `${r.region}: ${r.snapshotId}`).join('\n'));
+  const bars = new MultiProgress(result.map((r) => `${r.region} ${r.snapshotId}`), ctx.json);
+  const final = await waitUntil(
+    async () => (await ctx.client.json<{ copies: CopyStatus[] }>({ method: 'GET', path: `/v2/snapshot/remote_copy/${id}` })).copies.filter((c) => result.some((r) => r.snapshotId === c.snapshotId)),
+    (copies) => copies.length === result.length && copies.every((c) => c.state === 'done' || c.state === 'failed'),
+    (copies) => {
+      for (const c of copies) bars.update(`${c.region} ${c.snapshotId}`, c.progress, c.state === 'failed' ? 'FAILED' : c.state === 'queued' ? '(queued)' : '');
+    },
+  );
+  bars.done();
+  ctx.print({ result: final }, () => final.map((c) => `${c.region}: ${c.snapshotId} ${c.state === 'done' ? 'Available' : `CreatedFailed: ${c.lastError}`}`).join('\n'));
+  if (final.some((c) => c.state === 'failed')) process.exitCode = 1;
 }
 
 function describe(s: SnapshotModel): string {

@@ -13,6 +13,8 @@ import { Progress, formatBytes } from './progress.ts';
 import { runClientCommand, waitUntil, type ClientContext, type ClientFlags } from './client-context.ts';
 
 const PIECE = 4 << 20;
+/** Zero detection granularity on import: the service's chunk size, so skipped blocks are whole chunks. */
+const ZERO_BLOCK = 1 << 20;
 const SECTOR = 512;
 const PARALLEL = 4;
 const GiB = 1024 ** 3;
@@ -115,11 +117,16 @@ async function importImage(ctx: ClientContext, id: string, file: string): Promis
       const length = Math.min(PIECE, padded - offset);
       const piece = Buffer.alloc(length); // zero-filled: the padding of a short last sector
       await readFully(fh, piece, offset, Math.min(length, size - offset));
-      if (isAllZero(piece)) {
-        await ctx.client.json({ method: 'PUT', path: `/v2/volume/${id}/data`, query: { offset: String(offset), zeroLength: String(length) } });
-      } else {
-        await ctx.client.json({ method: 'PUT', path: `/v2/volume/${id}/data`, query: { offset: String(offset) }, body: piece, headers: { 'content-type': 'application/octet-stream' } });
-        sent += length;
+      // Runs of all-zero or data blocks, each sent as one request.
+      for (const run of zeroRuns(piece, ZERO_BLOCK)) {
+        const at = String(offset + run.start);
+        if (run.zero) {
+          await ctx.client.json({ method: 'PUT', path: `/v2/volume/${id}/data`, query: { offset: at, zeroLength: String(run.length) } });
+        } else {
+          const body = piece.subarray(run.start, run.start + run.length);
+          await ctx.client.json({ method: 'PUT', path: `/v2/volume/${id}/data`, query: { offset: at }, body, headers: { 'content-type': 'application/octet-stream' } });
+          sent += run.length;
+        }
       }
       done += length;
       progress.update(done, padded);
@@ -156,6 +163,19 @@ async function exportImage(ctx: ClientContext, id: string, file: string): Promis
   }
   progress.update(size, size);
   ctx.print({ volumeId: id, file, bytes: size }, () => `exported ${id} (${formatBytes(size)}) to ${file}`);
+}
+
+/** Splits `buf` into alternating runs of all-zero and non-zero blocks of `block` bytes. */
+export function zeroRuns(buf: Buffer, block: number): Array<{ start: number; length: number; zero: boolean }> {
+  const runs: Array<{ start: number; length: number; zero: boolean }> = [];
+  for (let at = 0; at < buf.length; at += block) {
+    const length = Math.min(block, buf.length - at);
+    const zero = isAllZero(buf.subarray(at, at + length));
+    const last = runs[runs.length - 1];
+    if (last && last.zero === zero) last.length += length;
+    else runs.push({ start: at, length, zero });
+  }
+  return runs;
 }
 
 async function readFully(fh: import('node:fs/promises').FileHandle, buf: Buffer, position: number, length: number): Promise<void> {

@@ -14,7 +14,7 @@ export interface TestImage {
 
 const MiB = 1 << 20;
 
-/** Writes an image of `size` bytes: per 16 MiB stripe, 5 MiB random, 6 MiB zero, 5 MiB text. */
+/** Writes an image of `size` bytes: per 16 MiB stripe, 4 MiB random, 8 MiB zero, 4 MiB text. */
 export async function makeImage(path: string, size: number, seed = 'snapferry'): Promise<TestImage> {
   const fh = await open(path, 'w');
   let dataBytes = 0;
@@ -22,8 +22,8 @@ export async function makeImage(path: string, size: number, seed = 'snapferry'):
     await fh.truncate(size);
     const text = Buffer.from(`${seed}: the quick brown fox jumps over the lazy dog 0123456789\n`.repeat(Math.ceil(MiB / 60))).subarray(0, MiB);
     for (let stripe = 0; stripe < size; stripe += 16 * MiB) {
-      for (let i = 0; i < 5; i++) dataBytes += await writeClipped(fh, randomBytes(MiB), stripe + i * MiB, size);
-      for (let i = 11; i < 16; i++) dataBytes += await writeClipped(fh, text, stripe + i * MiB, size);
+      for (let i = 0; i < 4; i++) dataBytes += await writeClipped(fh, randomBytes(MiB), stripe + i * MiB, size);
+      for (let i = 12; i < 16; i++) dataBytes += await writeClipped(fh, text, stripe + i * MiB, size);
     }
     // An unaligned tail: the last 1000 bytes random, ending 300 bytes before a sector boundary.
     dataBytes += await writeClipped(fh, randomBytes(1000), size - 1000, size);
