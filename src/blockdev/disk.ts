@@ -92,7 +92,7 @@ export class Disk implements BlockTarget {
         await this.preserveFrozen(first, last);
         // A trimmed chunk still holds old bytes in the file; zero what this write does not cover.
         for (const i of new Set([first, last])) {
-          if (this.map.isStale(i) && !this.covers(offset, data.length, i)) await this.writeFile(Buffer.alloc(this.chunkLength(i)), i * this.chunkSize);
+          if (this.map.isTrimmed(i) && !this.covers(offset, data.length, i)) await this.writeFile(Buffer.alloc(this.chunkLength(i)), i * this.chunkSize);
         }
         await this.map.recordWrite(first, last, 'data');
         await this.writeFile(data, offset);
@@ -111,7 +111,7 @@ export class Disk implements BlockTarget {
         for (let i = first; i <= last; i++) {
           if (this.covers(offset, length, i)) {
             // Whole chunk: record it as trimmed; no data is written.
-            if (this.map.isAllocated(i) || this.map.isStale(i)) await this.map.recordWrite(i, i, 'trimmed');
+            if (this.map.isAllocated(i) || this.map.isTrimmed(i)) await this.map.recordWrite(i, i, 'trimmed');
           } else if (this.map.isAllocated(i)) {
             const a = Math.max(offset, i * this.chunkSize);
             const b = Math.min(offset + length, i * this.chunkSize + this.chunkLength(i));
@@ -145,7 +145,7 @@ export class Disk implements BlockTarget {
       const index = Math.floor(pos / this.chunkSize);
       const end = Math.min(offset + length, (index + 1) * this.chunkSize);
       const zero = !this.map.isAllocated(index);
-      const hole = zero && !this.map.isStale(index);
+      const hole = zero && !this.map.isTrimmed(index);
       const prev = out[out.length - 1];
       if (prev && prev.hole === hole && prev.zero === zero) prev.length += end - pos;
       else out.push({ length: end - pos, hole, zero });

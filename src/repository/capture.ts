@@ -24,7 +24,7 @@ export interface CaptureResult {
 }
 
 /** How many chunks are read and hashed at once: enough to keep the hash pool and the disk busy. */
-const CAPTURE_PARALLELISM = 4;
+const CAPTURE_PARALLELISM = 8;
 
 export async function captureDisk(
   repo: ChunkRepository,

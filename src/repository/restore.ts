@@ -28,7 +28,7 @@ export async function restoreDisk(
     const unchanged = (i: number): boolean =>
       current !== null && current.manifest !== null && i < current.manifest.chunkCount &&
       disk.map.generationOf(i) <= current.generation && current.manifest.chunkId(i) === manifest.chunkId(i) &&
-      !disk.map.isStale(i);
+      !disk.map.isTrimmed(i);
     const work: number[] = [];
     for (let i = 0; i < manifest.chunkCount; i++) if (manifest.chunkId(i) !== null && !unchanged(i)) work.push(i);
     let done = 0;
@@ -44,7 +44,7 @@ export async function restoreDisk(
     // disk they are marked trimmed, which costs no data write.
     await disk.map.resetAll((i) => {
       if (i < manifest.chunkCount && manifest.chunkId(i) !== null) return 'data';
-      const isHole = !disk.map.isAllocated(i) && !disk.map.isStale(i);
+      const isHole = !disk.map.isAllocated(i) && !disk.map.isTrimmed(i);
       return current === null || isHole ? 'hole' : 'trimmed';
     });
   });
