@@ -12,6 +12,7 @@ import { internalRoutes } from './api/internal-routes.ts';
 import { buildRegionApp } from './api/region-app.ts';
 import { remoteCopyRoutes } from './api/remote-copy-routes.ts';
 import { DiskManager } from './blockdev/disk-manager.ts';
+import { startNbdServer, type NbdServer } from './blockdev/nbd/index.ts';
 import { LocalDirChunkStore } from './chunkstore/local-dir-store.ts';
 import type { ServeConfig } from './config.ts';
 import { isKnownRegion } from './domain/region.ts';
@@ -29,6 +30,7 @@ import { collectGarbage } from './repository/garbage-collector.ts';
 import { Manifest } from './repository/manifest.ts';
 import { scrubRepository } from './repository/scrub.ts';
 import { CLIENT_TOKEN_TTL_MS } from './services/client-token.ts';
+import { DiskExports } from './services/disk-exports.ts';
 import { DiskLeases } from './services/disk-leases.ts';
 import { IncomingCopyService } from './services/incoming-copy-service.ts';
 import type { Region } from './services/region-context.ts';
@@ -50,7 +52,7 @@ export interface BuiltRegion {
 }
 
 export interface RunningServer {
-  regions: Array<BuiltRegion & { url: string }>;
+  regions: Array<BuiltRegion & { url: string; nbd: NbdServer }>;
   close(): Promise<void>;
 }
 
@@ -183,8 +185,10 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
 export async function startServer(config: ServeConfig, out: NodeJS.WritableStream = process.stdout): Promise<RunningServer> {
   const releaseLock = acquirePidLock(join(config.dataDir, 'LOCK'));
   const hasher = new Sha256Pool();
-  const running: Array<BuiltRegion & { url: string }> = [];
+  const running: Array<BuiltRegion & { url: string; nbd: NbdServer }> = [];
   const closeAll = async (): Promise<void> => {
+    // Block clients first (their disks go back to Available), then HTTP, jobs and stores.
+    await Promise.allSettled(running.map((r) => r.nbd.close()));
     await Promise.allSettled(running.map((r) => r.close()));
     await hasher.close();
     releaseLock();
@@ -200,13 +204,21 @@ export async function startServer(config: ServeConfig, out: NodeJS.WritableStrea
         const why = (e as NodeJS.ErrnoException).code === 'EADDRINUSE' ? 'the port is in use' : (e as Error).message;
         throw new Error(`region ${name} cannot listen on ${config.host}:${port}: ${why}`);
       }
+      let nbd: NbdServer;
+      try {
+        nbd = await startNbdServer({ host: config.host, port: config.nbdPort + index, exports: new DiskExports(built.region), log: (level, msg, fields) => level !== 'debug' && built.region.log(level, msg, fields) });
+      } catch (e) {
+        await built.close();
+        const why = (e as NodeJS.ErrnoException).code === 'EADDRINUSE' ? 'the port is in use' : (e as Error).message;
+        throw new Error(`region ${name} cannot serve NBD on ${config.host}:${config.nbdPort + index}: ${why}`);
+      }
       const url = `http://${config.host}:${port}`;
-      running.push({ ...built, url });
+      running.push({ ...built, url, nbd });
     }
     // Jobs start once every region of this process listens: a copy to a neighbour finds it up.
     for (const r of running) {
       r.start();
-      out.write(`snapferry: region ${r.region.name} ready on ${r.url}\n`);
+      out.write(`snapferry: region ${r.region.name} ready on ${r.url} (nbd ${config.host}:${r.nbd.port})\n`);
     }
   } catch (e) {
     await closeAll();

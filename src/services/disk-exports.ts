@@ -1,0 +1,57 @@
+/**
+ * Disks as NBD exports (export name = disk id). Opening an export takes the disk's lease as its
+ * block client and turns it `InUse`; the release (the client disconnects, or is cut off) turns it
+ * `Available` again. One client at a time: NBD gives no way to tell a reader from a writer before
+ * the first write, so a second client is refused with the reason in the protocol's error reply.
+ *
+ * NBD has no authentication: any client that reaches the port reaches every disk of the region.
+ * The server binds to loopback by default; README says how to expose it safely.
+ */
+import { ExportUnavailableError, type ExportProvider, type OpenedExport } from '../blockdev/block-target.ts';
+import { isApiError } from '../domain/errors.ts';
+import type { Region } from './region-context.ts';
+
+export class DiskExports implements ExportProvider {
+  constructor(private readonly region: Region) {}
+
+  async list(): Promise<Array<{ name: string; description?: string }>> {
+    const volumes = await this.region.meta.volumes.listByStatus(['Available', 'InUse']);
+    return volumes.map((v) => ({ name: v.id, description: v.name || `${v.diskSizeInGB} GiB disk` }));
+  }
+
+  async open(name: string): Promise<OpenedExport> {
+    const volume = await this.region.meta.volumes.getAny(name);
+    if (!volume) throw new ExportUnavailableError(`no disk ${name} in region ${this.region.name}`, 'unknown');
+    let release: () => void;
+    try {
+      release = this.region.leases.acquire(name, 'block-client');
+    } catch (e) {
+      if (isApiError(e)) throw new ExportUnavailableError(e.message, 'busy');
+      throw e;
+    }
+    try {
+      const marked = await this.region.meta.volumes.update(name, { status: 'InUse' }, ['Available']);
+      if (!marked) throw new ExportUnavailableError(`disk ${name} is ${volume.status}; a block client needs it Available`, 'state');
+      const disk = await this.region.disks.open(name);
+      this.region.log('info', 'block client attached', { volumeId: name });
+      let released = false;
+      return {
+        target: disk,
+        readOnly: false,
+        release: async () => {
+          if (released) return;
+          released = true;
+          try {
+            await this.region.meta.volumes.update(name, { status: 'Available' }, ['InUse']);
+          } finally {
+            release();
+            this.region.log('info', 'block client detached', { volumeId: name });
+          }
+        },
+      };
+    } catch (e) {
+      release();
+      throw e;
+    }
+  }
+}

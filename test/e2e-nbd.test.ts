@@ -1,0 +1,156 @@
+/**
+ * Disks as block devices: real NBD clients from Debian (qemu-img, qemu-io, nbdcopy, nbdinfo) against
+ * disks of a spawned `snapferry serve`, with the BCC state rules around them.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { BceClient } from '../src/lib/bce-client.ts';
+import { cliJson } from './helpers/cli.ts';
+import { sdkClient, send, sendError, until, waitSnapshot, waitVolume, type SdkClient } from './helpers/sdk.ts';
+import { spawnServer, type SpawnedServer } from './helpers/spawned-server.ts';
+import { makeImage, sha256Of } from './helpers/test-image.ts';
+
+const run = promisify(execFile);
+const AK = 'nbd-access-key-0000000000';
+const SK = 'nbd-secret-key-1111111111';
+const MiB = 1 << 20;
+const GiB = 1024 ** 3;
+
+let server: SpawnedServer;
+let work: string;
+let bj: SdkClient;
+const env = (): Record<string, string> => ({ SNAPFERRY_ACCESS_KEY_ID: AK, SNAPFERRY_SECRET_ACCESS_KEY: SK, SNAPFERRY_ENDPOINT: server.urls.bj! });
+const nbdUrl = (volumeId: string): string => `nbd://127.0.0.1:${server.nbdPort}/${volumeId}`;
+
+before(async () => {
+  work = await mkdtemp(join(tmpdir(), 'snapferry-nbd-'));
+  server = await spawnServer({ regions: ['bj'], env: { SNAPFERRY_ACCESS_KEY_ID: AK, SNAPFERRY_SECRET_ACCESS_KEY: SK } });
+  bj = sdkClient(server.urls.bj!, AK, SK);
+});
+after(async () => {
+  await server?.dispose();
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+async function newDisk(): Promise<string> {
+  const [id] = (await send(bj, 'POST', '/v2/volume', { body: { cdsSizeInGB: 1 } })).volumeIds;
+  await waitVolume(bj, id);
+  return id;
+}
+
+async function status(id: string): Promise<string> {
+  return (await send(bj, 'GET', `/v2/volume/${id}`)).volume.status;
+}
+
+test('qemu-img convert writes a raw image into a disk and nbdcopy reads it back bit-identical', async () => {
+  const id = await newDisk();
+  const image = await makeImage(join(work, 'in.img'), 256 * MiB - 4096);
+  await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', image.path, nbdUrl(id)]);
+  await until(async () => (await status(id)) === 'Available', 10_000, 'disk released');
+  const out = join(work, 'out.img');
+  await run('nbdcopy', [nbdUrl(id), out]);
+  assert.equal(await sha256Of(out, 256 * MiB), await sha256Of(image.path, 256 * MiB));
+  // And the HTTP export of the same disk agrees with what the block client wrote.
+  await cliJson(['volume', 'export', id, join(work, 'http.img')], env());
+  assert.equal(await sha256Of(join(work, 'http.img'), GiB), await sha256Of(image.path, GiB));
+});
+
+test('qemu-io writes at odd offsets and sizes read back exactly; nbdinfo --map shows holes where nothing was written', async () => {
+  const id = await newDisk();
+  await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 1234 7777', '-c', 'write -P 0xa5 3000001 1', '-c', 'write -P 0x33 536870911 513', nbdUrl(id)]);
+  const { stdout } = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x5a 1234 7777', '-c', 'read -P 0 0 1234', '-c', 'read -P 0 9011 100', '-c', 'read -P 0xa5 3000001 1', '-c', 'read -P 0x33 536870911 513', nbdUrl(id)]);
+  assert.doesNotMatch(stdout, /Pattern verification failed/);
+  assert.equal((stdout.match(/^read /gm) ?? []).length, 5, stdout);
+  const raw = new BceClient(server.urls.bj!, { accessKeyId: AK, secretAccessKey: SK });
+  const res = await raw.send({ method: 'GET', path: `/v2/volume/${id}/data`, headers: { range: 'bytes=1230-9020' } });
+  const bytes = Buffer.from(await res.body.arrayBuffer());
+  await raw.close();
+  assert.equal(bytes.length, 7791);
+  assert.ok(bytes.subarray(0, 4).equals(Buffer.alloc(4)) && bytes.subarray(4, 4 + 7777).every((b) => b === 0x5a));
+  const map = JSON.parse((await run('nbdinfo', ['--map', '--json', nbdUrl(id)])).stdout);
+  const holes = map.filter((e: any) => e.type & 1);
+  const data = map.filter((e: any) => !(e.type & 1));
+  assert.ok(holes.length >= 2, JSON.stringify(map));
+  assert.ok(data.some((e: any) => e.offset <= 1234 && e.offset + e.length >= 1234 + 7777), 'written range shows as data');
+  assert.ok(holes.some((e: any) => e.offset >= 4 * MiB && e.length >= 100 * MiB), 'a large never-written range shows as a hole');
+});
+
+test('while a block client holds a disk it is InUse: a second client, HTTP writes, rollback and delete are refused', async () => {
+  const id = await newDisk();
+  const { snapshotId } = await send(bj, 'POST', '/v2/snapshot', { body: { volumeId: id, snapshotName: 'before' } });
+  await waitSnapshot(bj, snapshotId);
+  const holder = spawn('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 4096', '-c', 'sleep 4000', nbdUrl(id)], { stdio: 'ignore' });
+  try {
+    await until(async () => (await status(id)) === 'InUse', 10_000, 'InUse');
+    await assert.rejects(run('qemu-img', ['info', nbdUrl(id)]), /busy|block client|refused|Requested export not available|policy/i);
+    const raw = new BceClient(server.urls.bj!, { accessKeyId: AK, secretAccessKey: SK });
+    await assert.rejects(raw.json({ method: 'PUT', path: `/v2/volume/${id}/data`, query: { offset: '0' }, body: Buffer.alloc(512) }), (e: any) => e.code === 'OperationDenied');
+    await raw.close();
+    assert.deepEqual(await sendError(bj, 'PUT', `/v2/volume/${id}`, { params: { rollback: '' }, body: { snapshotId } }), { status: 409, code: 'OperationDenied' });
+    assert.deepEqual(await sendError(bj, 'DELETE', `/v2/volume/${id}`), { status: 409, code: 'Volume.DiskStatusCannotBeDeleted' });
+    // A snapshot of an InUse disk is allowed.
+    const inUse = await send(bj, 'POST', '/v2/snapshot', { body: { volumeId: id, snapshotName: 'while-attached' } });
+    await waitSnapshot(bj, inUse.snapshotId);
+  } finally {
+    await new Promise((r) => holder.once('exit', r));
+  }
+  await until(async () => (await status(id)) === 'Available', 10_000, 'Available after disconnect');
+});
+
+test('a snapshot taken during a stream of writes captures exactly one point in time', async () => {
+  const id = await newDisk();
+  const blocks = 512;
+  const block = 128 * 1024; // 64 MiB written as 512 sequential writes
+  await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x11 0 ${blocks * block}`, nbdUrl(id)]);
+  await until(async () => (await status(id)) === 'Available', 10_000, 'released');
+  const script = [];
+  for (let i = 0; i < blocks; i++) script.push('-c', `write -P 0x22 ${i * block} ${block}`, '-c', 'sleep 4');
+  const writer = spawn('qemu-io', ['-f', 'raw', ...script, nbdUrl(id)], { stdio: 'ignore' });
+  let snapshotId = '';
+  try {
+    await until(async () => (await status(id)) === 'InUse', 10_000, 'writer attached');
+    await new Promise((r) => setTimeout(r, 600));
+    snapshotId = (await send(bj, 'POST', '/v2/snapshot', { body: { volumeId: id, snapshotName: 'mid-stream' } })).snapshotId;
+    await waitSnapshot(bj, snapshotId);
+  } finally {
+    await new Promise((r) => writer.once('exit', r));
+  }
+  const [restored] = (await send(bj, 'POST', '/v2/volume', { body: { snapshotId } })).volumeIds;
+  await waitVolume(bj, restored);
+  const out = join(work, 'mid.img');
+  await run('nbdcopy', [nbdUrl(restored), out]);
+  const bytes = (await readFile(out)).subarray(0, blocks * block);
+  // Blocks [0, k) carry the new pattern, [k, blocks) the old one: one consistent cut, no torn block.
+  let k = 0;
+  while (k < blocks && bytes[k * block] === 0x22) k++;
+  for (let i = 0; i < blocks; i++) {
+    const want = i < k ? 0x22 : 0x11;
+    const slice = bytes.subarray(i * block, (i + 1) * block);
+    assert.ok(slice.every((b) => b === want), `block ${i} is not all 0x${want.toString(16)} (cut at ${k})`);
+  }
+  assert.ok(k > 0 && k < blocks, `the snapshot landed mid-stream (cut at block ${k} of ${blocks})`);
+  await rm(out);
+});
+
+test('a client killed in the middle of a write leaves the disk usable and the server up', async () => {
+  const id = await newDisk();
+  const big = join(work, 'big.img');
+  await writeFile(big, randomBytes(192 * MiB));
+  const copier = spawn('nbdcopy', [big, nbdUrl(id)], { stdio: 'ignore' });
+  await until(async () => (await status(id)) === 'InUse', 10_000, 'InUse');
+  await new Promise((r) => setTimeout(r, 150));
+  copier.kill('SIGKILL');
+  await new Promise((r) => copier.once('exit', r));
+  await until(async () => (await status(id)) === 'Available', 15_000, 'released after the client died');
+  assert.equal((await fetch(`${server.urls.bj}/healthz`)).status, 200);
+  // The disk still works for the next client, and for snapshots.
+  await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x77 0 65536', '-c', 'read -P 0x77 0 65536', nbdUrl(id)]);
+  const { snapshotId } = await send(bj, 'POST', '/v2/snapshot', { body: { volumeId: id, snapshotName: 'after-kill' } });
+  await waitSnapshot(bj, snapshotId);
+});
