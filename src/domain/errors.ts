@@ -38,7 +38,6 @@ export const ERROR_CATALOG = {
   InvalidManifest: { status: 400, message: 'The manifest cannot be decoded or does not fit this region.' },
   // Ours
   IntegrityError: { status: 500, message: 'Stored data failed its integrity check; it was not served.' },
-  ServiceUnavailable: { status: 503, message: 'The service is shutting down or a dependency is unavailable; retry later.' },
   InternalError: { status: 500, message: 'We encountered an internal error. Please try again.' },
 } as const satisfies Record<string, { status: number; message: string }>;
 

@@ -72,7 +72,7 @@ export class PeerClient {
 }
 
 /** Codes that mean "not now" rather than "never": a network failure, a 5xx, a credential or clock problem an operator can fix, chunks to resend. */
-const TRANSIENT_CODES = new Set(['ChunksMissing', 'ChunkDigestMismatch', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'AccessDenied', 'RequestExpired', 'ServiceUnavailable']);
+const TRANSIENT_CODES = new Set(['ChunksMissing', 'ChunkDigestMismatch', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'AccessDenied', 'RequestExpired']);
 
 export function isTransient(e: unknown): boolean {
   if (!(e instanceof BceError)) return true; // local I/O hiccups are retried; data loss is classified by the caller
