@@ -41,11 +41,13 @@ export interface CopyJobDeps {
 
 /** Ids asked about per "which do you lack" round trip. */
 export const MISSING_BATCH = 1024;
-/** Chunk uploads in flight per copy: with 20 copies per destination, at most 80 chunks in memory. */
-export const SENDS_PER_COPY = 4;
-/** Send compressed only when it saves at least this fraction. */
+/** Chunk uploads in flight per copy: with 20 copies per destination, at most 160 chunks (MiB) in memory. */
+export const SENDS_PER_COPY = 8;
+/** Send compressed only when the compressed size is below this fraction of the raw size. */
 const COMPRESSION_WORTH = 0.9;
+const COMPRESSION_SAMPLE = 64 * 1024;
 const RESENDS_ON_DAMAGE = 3;
+const PROGRESS_EVERY_MS = 250;
 
 export function copyJob(deps: CopyJobDeps): JobHandler {
   return {
@@ -65,14 +67,17 @@ export function copyJob(deps: CopyJobDeps): JobHandler {
         const chunks = distinctChunks(manifest);
         const total = chunks.reduce((n, c) => n + c.length, 0);
         let confirmed = 0;
+        // Progress goes to the destination (and the job record) at most every PROGRESS_EVERY_MS:
+        // each report is a durable database write on both sides.
         let lastReported = -1;
-        const report = async (force = false): Promise<void> => {
+        let lastReportAt = 0;
+        const report = async (): Promise<void> => {
           const percent = total === 0 ? 99 : Math.min(99, Math.floor((confirmed * 100) / total));
-          if (percent !== lastReported && (force || percent - lastReported >= 1)) {
-            lastReported = percent;
-            await peer.progress(p.destSnapshotId, percent, signal);
-            await control.saveProgress({ percent, confirmedBytes: confirmed, totalBytes: total });
-          }
+          if (percent === lastReported || Date.now() - lastReportAt < PROGRESS_EVERY_MS) return;
+          lastReported = percent;
+          lastReportAt = Date.now();
+          await peer.progress(p.destSnapshotId, percent, signal);
+          await control.saveProgress({ percent, confirmedBytes: confirmed, totalBytes: total });
         };
         const labels = { destination: p.destRegion };
         for (let at = 0; at < chunks.length; at += MISSING_BATCH) {
@@ -119,8 +124,7 @@ async function sendChunk(deps: CopyJobDeps, peer: PeerClient, id: string, labels
   for (let attempt = 1; ; attempt++) {
     // Read (and re-hash) per attempt: bytes that went bad at the source are never sent.
     const data = await deps.chunks.get(id);
-    const packed = compress(data, { compressionLevel: 1 });
-    const [body, encoding] = packed.length < data.length * COMPRESSION_WORTH ? [packed, 'zstd' as const] : [data, 'raw' as const];
+    const [body, encoding] = encodeForWire(data);
     try {
       await peer.putChunk(id, body, encoding, signal);
       deps.metrics.bytesSent.inc(body.length, labels);
@@ -136,6 +140,19 @@ async function sendChunk(deps: CopyJobDeps, peer: PeerClient, id: string, labels
       throw e;
     }
   }
+}
+
+/**
+ * zstd (level 1) when it saves at least 10 %, else raw. A 64 KiB sample is tried first, so
+ * incompressible chunks (random data, already compressed files) cost a small compress, not a full one.
+ */
+export function encodeForWire(data: Buffer): [Buffer, 'zstd' | 'raw'] {
+  if (data.length > 2 * COMPRESSION_SAMPLE) {
+    const sample = compress(data.subarray(0, COMPRESSION_SAMPLE), { compressionLevel: 1 });
+    if (sample.length >= COMPRESSION_SAMPLE * COMPRESSION_WORTH) return [data, 'raw'];
+  }
+  const packed = compress(data, { compressionLevel: 1 });
+  return packed.length < data.length * COMPRESSION_WORTH ? [packed, 'zstd'] : [data, 'raw'];
 }
 
 /** Each distinct chunk id once, in manifest order, with its length (the last chunk may be short). */

@@ -8,6 +8,7 @@
  * while the copy is in flight, however long it takes.
  */
 import { decompress } from 'zstd-napi';
+import { ChunkIntegrityError } from '../chunkstore/chunk-store.ts';
 import { ApiError } from '../domain/errors.ts';
 import type { Snapshot } from '../domain/snapshot.ts';
 import { sha256Hex } from '../lib/sha256-pool.ts';
@@ -72,9 +73,13 @@ export class IncomingCopyService {
       throw new ApiError('BadRequest', `Unknown chunk encoding ${JSON.stringify(encoding)}.`);
     }
     if (data.length > this.region.repo.chunkSize) throw new ApiError('ChunkTooLarge');
-    const actual = await this.region.repo.hasher.hash(data);
-    if (actual !== id) throw new ApiError('ChunkDigestMismatch', `The chunk bytes hash to ${actual}, not ${id}.`);
-    await this.region.repo.chunks.put(id, data);
+    // The store re-hashes on put and keeps nothing whose hash differs (one hash, not two).
+    try {
+      await this.region.repo.chunks.put(id, data);
+    } catch (e) {
+      if (e instanceof ChunkIntegrityError) throw new ApiError('ChunkDigestMismatch', `The chunk bytes hash to ${e.actual}, not ${id}.`);
+      throw e;
+    }
   }
 
   async progress(id: string, percent: number): Promise<void> {
