@@ -2,7 +2,7 @@
  * Content-addressed bytes. One instance holds one namespace (chunks, or manifests); the id of a blob
  * is the lower-case hex SHA-256 of its plain bytes, computed by the caller.
  *
- * Contract (checked by test/chunkstore-contract.test.ts against every implementation):
+ * Contract (test/helpers/chunkstore-contract.ts, run against every implementation):
  * - `put(id, data)` stores `data` under `id` if absent. Idempotent: a second put of the same id is a
  *   no-op that still resolves. The implementation verifies sha256(data) === id and throws
  *   `ChunkIntegrityError` otherwise (nothing is stored). After `put` resolves the blob is visible to
@@ -17,6 +17,12 @@
  */
 export interface ChunkStore {
   put(id: string, data: Buffer): Promise<void>;
+  /**
+   * `put` without the hash check, for a caller that computed `id` from exactly these in-memory
+   * bytes a moment before (a snapshot capture): hashing them twice would buy nothing. Never for
+   * bytes that arrived from elsewhere (a replication peer, a file): those go through `put`.
+   */
+  putHashed(id: string, data: Buffer): Promise<void>;
   get(id: string): Promise<Buffer>;
   has(ids: readonly string[]): Promise<Set<string>>;
   delete(id: string): Promise<void>;

@@ -54,7 +54,7 @@ export class ChunkRepository {
     if (present.has(id)) {
       this.metrics.chunksDeduplicated.inc();
     } else {
-      await this.chunks.put(id, data);
+      await this.chunks.putHashed(id, data);
       this.metrics.chunksWritten.inc();
       this.metrics.chunkBytesWritten.inc(data.length);
     }

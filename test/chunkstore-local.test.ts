@@ -1,0 +1,378 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { ChunkIntegrityError, ChunkNotFoundError } from '../src/chunkstore/chunk-store.ts';
+import { ChunksLostError, type FaultPoint, LocalDirChunkStore, type LocalDirStoreOptions } from '../src/chunkstore/local-dir-store.ts';
+import { Sha256Pool } from '../src/lib/sha256-pool.ts';
+import { blob, chunkStoreContract, sha256 } from './helpers/chunkstore-contract.ts';
+
+async function tempRoot(): Promise<string> {
+  return fsp.mkdtemp(join(tmpdir(), 'snapferry-chunkstore-'));
+}
+
+/** Flips one byte of whatever file currently holds `id` (its temp file if pending, else the final file). */
+async function corruptIn(root: string, id: string): Promise<void> {
+  const tmp = (await fsp.readdir(join(root, '.tmp'))).filter((n) => n.startsWith(`${id}.`));
+  const path = tmp.length > 0 ? join(root, '.tmp', tmp[0]!) : join(root, id.slice(0, 2), id);
+  const fh = await fsp.open(path, 'r+');
+  try {
+    const one = Buffer.alloc(1);
+    await fh.read(one, 0, 1, 0);
+    one[0]! ^= 0x5a;
+    await fh.write(one, 0, 1, 0);
+  } finally {
+    await fh.close();
+  }
+}
+
+async function makeLocal(options: LocalDirStoreOptions = {}) {
+  const root = await tempRoot();
+  const store = await LocalDirChunkStore.open(root, options);
+  return {
+    root,
+    store,
+    cleanup: () => fsp.rm(root, { recursive: true, force: true }),
+    corrupt: (id: string) => corruptIn(root, id),
+  };
+}
+
+chunkStoreContract('LocalDirChunkStore', () => makeLocal());
+
+const pool = new Sha256Pool({ size: 2, inlineBelow: 0 });
+after(() => pool.close());
+chunkStoreContract('LocalDirChunkStore hashing on a Sha256Pool', () => makeLocal({ hasher: (b) => pool.hash(b) }));
+
+async function tmpFiles(root: string): Promise<string[]> {
+  return fsp.readdir(join(root, '.tmp'));
+}
+
+function errno(code: string): NodeJS.ErrnoException {
+  const e = new Error(`${code}: injected`) as NodeJS.ErrnoException;
+  e.code = code;
+  return e;
+}
+
+describe('LocalDirChunkStore specifics', () => {
+  it('creates the 256 fan-out directories and .tmp on open', async () => {
+    const { root, cleanup } = await makeLocal();
+    try {
+      const names = await fsp.readdir(root);
+      assert.equal(names.filter((n) => /^[0-9a-f]{2}$/.test(n)).length, 256);
+      assert.ok(names.includes('.tmp'));
+    } finally {
+      await cleanup();
+    }
+  });
+
+  it('open removes leftovers in .tmp (a crash before sync) and keeps synced chunks', async () => {
+    const root = await tempRoot();
+    try {
+      const s1 = await LocalDirChunkStore.open(root);
+      const kept = blob();
+      const lost = blob();
+      await s1.put(kept.id, kept.data);
+      await s1.sync();
+      await s1.put(lost.id, lost.data); // never synced: "crash" now
+      await fsp.writeFile(join(root, '.tmp', 'junk'), 'x');
+      await fsp.mkdir(join(root, '.tmp', 'subdir'));
+      await fsp.writeFile(join(root, '.tmp', 'subdir', 'f'), 'y');
+
+      const s2 = await LocalDirChunkStore.open(root);
+      assert.deepEqual(await tmpFiles(root), []);
+      assert.deepEqual(await s2.get(kept.id), kept.data);
+      await assert.rejects(s2.get(lost.id), ChunkNotFoundError);
+      assert.deepEqual(await s2.has([kept.id, lost.id]), new Set([kept.id]));
+    } finally {
+      await fsp.rm(root, { recursive: true, force: true });
+    }
+  });
+
+  it('a chunk put but not synced is only in .tmp; after sync it is at root/ab/<id> and .tmp is empty', async () => {
+    const { root, store, cleanup } = await makeLocal();
+    try {
+      const { id, data } = blob(70_000);
+      const finalPath = join(root, id.slice(0, 2), id);
+      assert.equal(store.finalPath(id), finalPath);
+      await store.put(id, data);
+      assert.equal(existsSync(finalPath), false);
+      const tmp = await tmpFiles(root);
+      assert.equal(tmp.length, 1);
+      assert.ok(tmp[0]!.startsWith(`${id}.`));
+      assert.equal(store.pendingCount, 1);
+      await store.sync();
+      assert.equal(store.pendingCount, 0);
+      assert.deepEqual(await fsp.readFile(finalPath), data);
+      assert.deepEqual(await tmpFiles(root), []);
+    } finally {
+      await cleanup();
+    }
+  });
+
+  it('concurrent puts of the same id write a single temp file', async () => {
+    const { root, store, cleanup } = await makeLocal();
+    try {
+      const { id, data } = blob(100_000);
+      await Promise.all(Array.from({ length: 20 }, () => store.put(id, data)));
+      assert.equal((await tmpFiles(root)).length, 1);
+      await store.sync();
+      assert.deepEqual(await tmpFiles(root), []);
+      assert.deepEqual(await fsp.readFile(store.finalPath(id)), data);
+    } finally {
+      await cleanup();
+    }
+  });
+
+  it('list ignores files that are not chunks and chunks in the wrong fan-out directory', async () => {
+    const { root, store, cleanup } = await makeLocal();
+    try {
+      const a = blob();
+      await store.put(a.id, a.data);
+      await store.sync();
+      const other = blob().id;
+      const wrongDir = other.startsWith('00') ? '01' : '00';
+      await fsp.writeFile(join(root, wrongDir, other), 'misplaced');
+      await fsp.writeFile(join(root, a.id.slice(0, 2), 'README'), 'not a chunk');
+      await fsp.writeFile(join(root, 'stray-file'), 'x');
+      const ids: string[] = [];
+      for await (const e of store.list()) ids.push(e.id);
+      assert.deepEqual(ids, [a.id]);
+    } finally {
+      await cleanup();
+    }
+  });
+
+  it('a truncated chunk file fails get with ChunkIntegrityError; put of the right bytes repairs it', async () => {
+    const { root, store, cleanup } = await makeLocal();
+    try {
+      const { id, data } = blob(10_000);
+      await store.put(id, data);
+      await store.sync();
+      await fsp.truncate(store.finalPath(id), 5000);
+      await assert.rejects(store.get(id), ChunkIntegrityError);
+      assert.deepEqual(await store.verify(id), { actual: sha256(data.subarray(0, 5000)) });
+      assert.equal((await store.readUnverified(id)).length, 5000);
+      await store.put(id, data); // wrong size on disk: stored again
+      assert.deepEqual(await store.get(id), data);
+      await store.sync();
+      assert.deepEqual(await fsp.readFile(join(root, id.slice(0, 2), id)), data);
+      assert.equal(await store.verify(id), 'ok');
+      assert.equal(await store.verify(blob().id), 'missing');
+    } finally {
+      await cleanup();
+    }
+  });
+
+  it('a write failure (ENOSPC) rejects the put and leaves no file anywhere', async () => {
+    const { root, cleanup } = await makeLocal();
+    try {
+      const store = await LocalDirChunkStore.open(root, {
+        faultHook: (op) => {
+          if (op === 'write') throw errno('ENOSPC');
+        },
+      });
+      const { id, data } = blob();
+      await assert.rejects(store.put(id, data), (e: NodeJS.ErrnoException) => e.code === 'ENOSPC');
+      assert.deepEqual(await tmpFiles(root), []);
+      assert.equal(existsSync(store.finalPath(id)), false);
+      assert.equal((await store.has([id])).size, 0);
+      await store.sync();
+      assert.equal(existsSync(store.finalPath(id)), false);
+    } finally {
+      await cleanup();
+    }
+  });
+
+  it('a failed fsync rejects sync and drops that chunk (never renamed); others are synced', async () => {
+    const { root, cleanup } = await makeLocal();
+    try {
+      const bad = blob();
+      const good = Array.from({ length: 5 }, () => blob());
+      const store = await LocalDirChunkStore.open(root, {
+        faultHook: (op, path) => {
+          if (op === 'fsync' && path.includes(bad.id)) throw errno('EIO');
+        },
+      });
+      await store.put(bad.id, bad.data);
+      for (const g of good) await store.put(g.id, g.data);
+      await assert.rejects(store.sync(), (e: NodeJS.ErrnoException) => e.code === 'EIO');
+      assert.equal(existsSync(store.finalPath(bad.id)), false);
+      assert.equal((await store.has([bad.id])).size, 0);
+      await assert.rejects(store.get(bad.id), ChunkNotFoundError);
+      for (const g of good) assert.deepEqual(await fsp.readFile(store.finalPath(g.id)), g.data);
+      assert.deepEqual(await tmpFiles(root), []);
+    } finally {
+      await cleanup();
+    }
+  });
+
+  it('a chunk lost to a failed fsync fails every later sync until it is put again or deleted', async () => {
+    const { root, cleanup } = await makeLocal();
+    try {
+      const x = blob();
+      const y = blob();
+      let fail = true;
+      const store = await LocalDirChunkStore.open(root, {
+        faultHook: (op, path) => {
+          if (fail && op === 'fsync' && (path.includes(x.id) || path.includes(y.id))) throw errno('EIO');
+        },
+      });
+      await store.put(x.id, x.data);
+      await store.put(x.id, x.data); // a second writer deduplicated against the pending chunk
+      await store.put(y.id, y.data);
+      await assert.rejects(store.sync(), AggregateError);
+      fail = false;
+      // The second writer's sync must not report x durable.
+      await assert.rejects(store.sync(), (e: unknown) => e instanceof ChunksLostError && e.ids.length === 2);
+      assert.deepEqual(new Set(store.lostChunks), new Set([x.id, y.id]));
+      await store.put(x.id, x.data);
+      await assert.rejects(store.sync(), (e: unknown) => e instanceof ChunksLostError && e.ids[0] === y.id);
+      await store.delete(y.id);
+      await store.sync();
+      assert.deepEqual(store.lostChunks, []);
+      assert.deepEqual(await fsp.readFile(store.finalPath(x.id)), x.data);
+    } finally {
+      await cleanup();
+    }
+  });
+
+  it('a failed rename keeps the chunk pending and readable; the next sync places it', async () => {
+    const { root, cleanup } = await makeLocal();
+    try {
+      let failRename = true;
+      const store = await LocalDirChunkStore.open(root, {
+        faultHook: (op) => {
+          if (op === 'rename' && failRename) throw errno('EIO');
+        },
+      });
+      const { id, data } = blob();
+      await store.put(id, data);
+      await assert.rejects(store.sync(), (e: NodeJS.ErrnoException) => e.code === 'EIO');
+      assert.equal(existsSync(store.finalPath(id)), false);
+      assert.deepEqual(await store.get(id), data);
+      failRename = false;
+      await store.sync();
+      assert.deepEqual(await fsp.readFile(store.finalPath(id)), data);
+    } finally {
+      await cleanup();
+    }
+  });
+
+  it('groups fsyncs: one per pending file, then one per touched fan-out directory, bounded concurrency', async () => {
+    const { root, cleanup } = await makeLocal();
+    try {
+      const ops: Array<{ op: FaultPoint; path: string }> = [];
+      let running = 0;
+      let maxRunning = 0;
+      const store = await LocalDirChunkStore.open(root, {
+        syncConcurrency: 4,
+        faultHook: async (op, path) => {
+          ops.push({ op, path });
+          if (op === 'fsync') {
+            running++;
+            maxRunning = Math.max(maxRunning, running);
+            await new Promise((r) => setTimeout(r, 2));
+            running--;
+          }
+        },
+      });
+      const blobs = Array.from({ length: 40 }, () => blob(100));
+      for (const b of blobs) await store.put(b.id, b.data);
+      ops.length = 0;
+      await store.sync();
+      const fsyncs = ops.filter((o) => o.op === 'fsync');
+      const dirsyncs = ops.filter((o) => o.op === 'dirsync').map((o) => o.path);
+      assert.equal(fsyncs.length, 40);
+      assert.ok(maxRunning > 1 && maxRunning <= 4, `max parallel fsyncs ${maxRunning}`);
+      const dirs = new Set(blobs.map((b) => join(root, b.id.slice(0, 2))));
+      assert.equal(dirsyncs.length, dirs.size);
+      assert.deepEqual(new Set(dirsyncs), dirs);
+      // Every rename comes after its own file's fsync.
+      for (const b of blobs) {
+        const f = ops.findIndex((o) => o.op === 'fsync' && o.path.includes(b.id));
+        const r = ops.findIndex((o) => o.op === 'rename' && o.path.endsWith(b.id));
+        assert.ok(f >= 0 && r > f);
+      }
+      ops.length = 0;
+      await store.sync();
+      assert.equal(ops.length, 0);
+    } finally {
+      await cleanup();
+    }
+  });
+
+  it('a failed directory fsync is retried at the next sync', async () => {
+    const { root, cleanup } = await makeLocal();
+    try {
+      let fail = true;
+      const dirsyncs: string[] = [];
+      const store = await LocalDirChunkStore.open(root, {
+        faultHook: (op, path) => {
+          if (op !== 'dirsync') return;
+          dirsyncs.push(path);
+          if (fail) throw errno('EIO');
+        },
+      });
+      const { id, data } = blob();
+      await store.put(id, data);
+      await assert.rejects(store.sync());
+      fail = false;
+      await store.sync();
+      assert.deepEqual(dirsyncs, [join(root, id.slice(0, 2)), join(root, id.slice(0, 2))]);
+    } finally {
+      await cleanup();
+    }
+  });
+
+  it('recreates a fan-out directory removed behind its back', async () => {
+    const { root, store, cleanup } = await makeLocal();
+    try {
+      const { id, data } = blob();
+      await fsp.rm(join(root, id.slice(0, 2)), { recursive: true });
+      await store.put(id, data);
+      await store.sync();
+      assert.deepEqual(await fsp.readFile(store.finalPath(id)), data);
+    } finally {
+      await cleanup();
+    }
+  });
+
+  // A real full file system: a 1 MiB tmpfs. Needs root and mount(8); skipped elsewhere.
+  const canMount = process.getuid?.() === 0 && process.platform === 'linux';
+  it('on a really full file system, put rejects with ENOSPC and leaves no partial file', { skip: !canMount && 'needs root to mount a tmpfs' }, async (t) => {
+    const mnt = await tempRoot();
+    try {
+      try {
+        execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt], { stdio: 'ignore' });
+      } catch {
+        t.skip('mount not permitted here');
+        return;
+      }
+      try {
+        const store = await LocalDirChunkStore.open(join(mnt, 'store'));
+        const small = blob(300 * 1024);
+        await store.put(small.id, small.data);
+        await store.sync();
+        const big = blob(900 * 1024);
+        await assert.rejects(store.put(big.id, big.data), (e: NodeJS.ErrnoException) => e.code === 'ENOSPC');
+        assert.deepEqual(await tmpFiles(join(mnt, 'store')), []);
+        assert.equal(existsSync(store.finalPath(big.id)), false);
+        assert.equal((await store.has([big.id])).size, 0);
+        await store.sync();
+        assert.deepEqual(await store.get(small.id), small.data);
+        // Space is back after the failed put: a chunk that fits can still be stored.
+        const fits = blob(200 * 1024);
+        await store.put(fits.id, fits.data);
+        await store.sync();
+        assert.deepEqual(await store.get(fits.id), fits.data);
+      } finally {
+        execFileSync('umount', [mnt], { stdio: 'ignore' });
+      }
+    } finally {
+      await fsp.rm(mnt, { recursive: true, force: true });
+    }
+  });
+});
