@@ -164,3 +164,29 @@ test('rollback: with ?rollback and ?rollback=, only to a snapshot of this disk, 
     await waitStatus(a!, 'Available');
   }
 });
+
+test('list filters the SDKs send: volumeIds narrows; instanceId, clusterId, prepay and system-disk filters match nothing here', async () => {
+  const ids = await createVolume({ cdsSizeInGB: 1, purchaseCount: 3, name: 'filtered' });
+  const picked = await h.call('GET', `/v2/volume?volumeIds=${ids[0]},${ids[2]}`);
+  assert.deepEqual(picked.json.volumes.map((v: any) => v.id), [ids[0], ids[2]]);
+  for (const q of ['instanceId=i-abcdefgh', 'clusterId=c-1', 'chargeFilter=prepay', 'usageFilter=system']) {
+    const res = await h.call('GET', `/v2/volume?name=filtered&${q}`);
+    assert.equal(res.status, 200);
+    assert.deepEqual(res.json.volumes, [], q);
+  }
+  assert.equal((await h.call('GET', '/v2/volume?name=filtered&chargeFilter=postpay&usageFilter=cds')).json.volumes.length, 3);
+});
+
+test('resize can change the storage type (with or without growing), but not into a local disk', async () => {
+  const [id] = await createVolume({ cdsSizeInGB: 1, storageType: 'hp1' });
+  await waitStatus(id!, 'Available');
+  assert.equal((await h.call('PUT', `/v2/volume/${id}?resize`, { newVolumeType: 'ssd' })).status, 200);
+  let v = await waitStatus(id!, 'Available');
+  assert.deepEqual([v.storageType, v.diskSizeInGB], ['ssd', 1]);
+  assert.equal((await h.call('PUT', `/v2/volume/${id}?resize`, { newCdsSizeInGB: 2, newVolumeType: 'premium_ssd' })).status, 200);
+  v = await waitStatus(id!, 'Available');
+  assert.deepEqual([v.storageType, v.diskSizeInGB], ['premium_ssd', 2]);
+  assertBceError(await h.call('PUT', `/v2/volume/${id}?resize`, { newVolumeType: 'local-ssd' }), 400, 'BadRequest');
+  assertBceError(await h.call('PUT', `/v2/volume/${id}?resize`, { newVolumeType: 'premium_ssd' }), 400, 'BadRequest');
+  assertBceError(await h.call('PUT', `/v2/volume/${id}?resize`, { newVolumeType: 'tape' }), 400, 'BadRequest');
+});

@@ -25,7 +25,16 @@ export function volumeRoutes(app: FastifyInstance, env: RouteEnv, volumes: Volum
 
   bccRoute(app, env, ['GET'], '/v2/volume', async ({ ctx, query }) => {
     const { marker, maxKeys } = paging(query);
-    const filter = { zoneName: queryString(query, 'zoneName') ?? undefined, name: queryString(query, 'name') ?? undefined };
+    const ids = queryString(query, 'volumeIds');
+    const filter = {
+      zoneName: queryString(query, 'zoneName') ?? undefined,
+      name: queryString(query, 'name') ?? undefined,
+      volumeIds: ids === null ? undefined : ids.split(',').map((x) => x.trim()).filter((x) => x !== ''),
+      instanceId: queryString(query, 'instanceId') ?? undefined,
+      clusterId: queryString(query, 'clusterId') ?? undefined,
+      chargeFilter: queryString(query, 'chargeFilter') ?? undefined,
+      usageFilter: queryString(query, 'usageFilter') ?? undefined,
+    };
     const page = await volumes.list(ctx, filter, marker, maxKeys);
     return listEnvelope('volumes', page.items.map((v) => volumeModel(v, env.region)), marker, maxKeys, page.nextMarker);
   });
@@ -47,9 +56,10 @@ export function volumeRoutes(app: FastifyInstance, env: RouteEnv, volumes: Volum
     if (queryFlag(query, 'resize')) {
       const token = clientTokenOf(query);
       const json = await readJsonBody(body, true);
-      const size = optInt(json, 'newCdsSizeInGB');
-      if (size === null) throw new ApiError('InappropriateJSON', 'The field newCdsSizeInGB is required.');
-      await volumes.resize(ctx, params.id!, size, token);
+      const newSizeGB = optInt(json, 'newCdsSizeInGB');
+      const newType = optString(json, 'newVolumeType');
+      if (newSizeGB === null && newType === null) throw new ApiError('InappropriateJSON', 'Give newCdsSizeInGB and/or newVolumeType.');
+      await volumes.resize(ctx, params.id!, { newSizeGB, newType }, token);
       return {};
     }
     throw new ApiError('BadRequest', 'PUT /v2/volume/{id} needs an action: ?rollback or ?resize.');

@@ -22,6 +22,13 @@ export interface ListOptions {
   maxKeys: number;
 }
 
+export interface VolumeFilter {
+  zoneName?: string;
+  name?: string;
+  /** Only these ids. */
+  ids?: string[];
+}
+
 export interface VolumeRepository {
   /** Inserts; false (and no change) when a volume with this id already exists. */
   insertIfAbsent(volume: Volume): Promise<boolean>;
@@ -29,7 +36,7 @@ export interface VolumeRepository {
   get(accountId: string, id: string): Promise<Volume | null>;
   /** For workers that act for the region, not for a tenant. */
   getAny(id: string): Promise<Volume | null>;
-  list(accountId: string, filter: { zoneName?: string; name?: string }, page: ListOptions): Promise<Page<Volume>>;
+  list(accountId: string, filter: VolumeFilter, page: ListOptions): Promise<Page<Volume>>;
   /** Every volume of the region in one of the given states (recovery after a restart). */
   listByStatus(statuses: VolumeStatus[]): Promise<Volume[]>;
   /**

@@ -7,7 +7,7 @@ import { newVolumeId } from '../domain/ids.ts';
 import { defaultZone, zonesOf } from '../domain/region.ts';
 import type { Tag } from '../domain/tag.ts';
 import {
-  GiB, MAX_DISK_GB, MIN_DISK_GB, STORAGE_TYPES, canDeleteVolume, canResizeVolume, canRollbackVolume,
+  GiB, MAX_DISK_GB, MIN_DISK_GB, REGION_BOUND_STORAGE_TYPES, STORAGE_TYPES, canDeleteVolume, canResizeVolume, canRollbackVolume,
   type StorageType, type Volume,
 } from '../domain/volume.ts';
 import type { Page } from '../metadata/metadata-store.ts';
@@ -25,6 +25,30 @@ export interface CreateVolumesInput {
   name: string | null;
   description: string | null;
   tags: Tag[] | null;
+}
+
+/**
+ * The list filters the SDKs send. Disks here are never attached to instances or clusters, are all
+ * pay-as-you-go data disks: filters that ask for anything else match nothing (rather than being
+ * ignored, which would answer with disks the caller did not ask for).
+ */
+export interface VolumeListFilter {
+  zoneName?: string;
+  name?: string;
+  volumeIds?: string[];
+  instanceId?: string;
+  clusterId?: string;
+  /** `postpay` or `prepay` */
+  chargeFilter?: string;
+  /** `cds`, `system` or `ephemeral` */
+  usageFilter?: string;
+}
+
+function couldMatch(f: VolumeListFilter): boolean {
+  if (f.instanceId || f.clusterId) return false;
+  if (f.chargeFilter && f.chargeFilter.toLowerCase() !== 'postpay') return false;
+  if (f.usageFilter && f.usageFilter.toLowerCase() !== 'cds') return false;
+  return true;
 }
 
 export interface VolumeView extends Volume {
@@ -86,8 +110,9 @@ export class VolumeService {
     return { ...volume, snapshotNum: await this.region.meta.snapshots.countByVolume(id) };
   }
 
-  async list(ctx: RequestContext, filter: { zoneName?: string; name?: string }, marker: string | null, maxKeys: number): Promise<Page<VolumeView>> {
-    const page = await this.region.meta.volumes.list(ctx.accountId, filter, { marker, maxKeys });
+  async list(ctx: RequestContext, filter: VolumeListFilter, marker: string | null, maxKeys: number): Promise<Page<VolumeView>> {
+    if (!couldMatch(filter)) return { items: [], nextMarker: null };
+    const page = await this.region.meta.volumes.list(ctx.accountId, { zoneName: filter.zoneName, name: filter.name, ids: filter.volumeIds }, { marker, maxKeys });
     const items = await Promise.all(page.items.map(async (v) => ({ ...v, snapshotNum: await this.region.meta.snapshots.countByVolume(v.id) })));
     return { items, nextMarker: page.nextMarker };
   }
@@ -110,21 +135,34 @@ export class VolumeService {
     }
   }
 
-  async resize(ctx: RequestContext, id: string, newSizeGB: number, clientToken: string | null): Promise<void> {
+  /** Grows a disk and/or changes its storage type (BCC's resize takes both). */
+  async resize(ctx: RequestContext, id: string, change: { newSizeGB: number | null; newType: string | null }, clientToken: string | null): Promise<void> {
     await this.mustGet(ctx, id);
-    await withClientToken(this.region.meta.idempotency, ctx, 'volume.resize', clientToken, { id, newSizeGB }, () => ({}), async () => {
+    await withClientToken(this.region.meta.idempotency, ctx, 'volume.resize', clientToken, { id, ...change }, () => ({}), async () => {
       const volume = await this.mustGet(ctx, id);
-      if (!Number.isInteger(newSizeGB) || newSizeGB > MAX_DISK_GB || newSizeGB <= volume.diskSizeInGB) {
-        throw new ApiError('Volume.DiskSizeInvalid', `newCdsSizeInGB must be an integer larger than the current ${volume.diskSizeInGB} and at most ${MAX_DISK_GB}.`);
+      if (change.newSizeGB !== null) {
+        const size = change.newSizeGB;
+        const acceptable = size > volume.diskSizeInGB || (size === volume.diskSizeInGB && change.newType !== null);
+        if (!Number.isInteger(size) || size > MAX_DISK_GB || !acceptable) {
+          throw new ApiError('Volume.DiskSizeInvalid', `newCdsSizeInGB must be an integer larger than the current ${volume.diskSizeInGB} and at most ${MAX_DISK_GB}.`);
+        }
+      }
+      const newSizeGB = change.newSizeGB ?? volume.diskSizeInGB;
+      const newType = (change.newType ?? volume.storageType) as StorageType;
+      // Local and ephemeral disks stay what they are: a type change may not cross that line.
+      if (!STORAGE_TYPES.includes(newType) || REGION_BOUND_STORAGE_TYPES.has(newType) !== REGION_BOUND_STORAGE_TYPES.has(volume.storageType)) {
+        throw new ApiError('BadRequest', `A ${volume.storageType} disk cannot become ${JSON.stringify(change.newType)}.`);
+      }
+      if (newSizeGB === volume.diskSizeInGB && newType === volume.storageType) {
+        throw new ApiError('BadRequest', 'The resize changes nothing: give a larger newCdsSizeInGB or another newVolumeType.');
       }
       if (!canResizeVolume(volume.status)) throw new ApiError('OperationDenied', `The disk ${id} is ${volume.status}; it must be Available to resize.`);
       const release = this.region.leases.acquire(id, 'maintenance');
       try {
         if (!(await this.region.meta.volumes.update(id, { status: 'Scaling' }, ['Available']))) throw new ApiError('OperationDenied', `The disk ${id} changed state; retry.`);
         try {
-          const disk = await this.region.disks.open(id);
-          await disk.grow(newSizeGB * GiB);
-          await this.region.meta.volumes.update(id, { status: 'Available', diskSizeInGB: newSizeGB });
+          if (newSizeGB > volume.diskSizeInGB) await (await this.region.disks.open(id)).grow(newSizeGB * GiB);
+          await this.region.meta.volumes.update(id, { status: 'Available', diskSizeInGB: newSizeGB, storageType: newType });
         } catch (e) {
           await this.region.meta.volumes.update(id, { status: 'Error', lastError: `resize failed: ${(e as Error).message}` });
           throw e;

@@ -1,9 +1,11 @@
 /**
  * Builds requests signed the way each official SDK signs them, for in-process `inject` tests:
  * - 'js':     explicit signed headers: host, content-length, content-type, x-bce-date (all defaults present)
- * - 'go':     explicit list `host;x-bce-date` style, no x-bce-request-id among them
+ * - 'go':     explicit `content-length;content-md5;content-type;host;x-bce-date` (without a body:
+ *             `content-type;host;x-bce-date`); sends x-bce-request-id but never signs it
  * - 'python': empty signed-headers field (the server must use the default set)
  */
+import { createHash, randomUUID } from 'node:crypto';
 import { formatTimestamp, parseRawQuery, sign, computeSignature } from '../../src/lib/bce-auth.ts';
 
 export type SdkStyle = 'js' | 'go' | 'python';
@@ -35,7 +37,8 @@ export function signedRequest(o: SignedRequestOptions): { method: string; url: s
     'x-bce-date': timestamp,
     'content-type': style === 'go' ? 'application/json;charset=utf-8' : 'application/json; charset=utf-8',
     ...(payload !== undefined ? { 'content-length': String(Buffer.byteLength(payload)) } : {}),
-    ...(style === 'go' ? { 'x-bce-request-id': 'c3c1f3c2-0000-4000-8000-000000000000' } : {}),
+    ...(style === 'go' ? { 'x-bce-request-id': randomUUID() } : {}),
+    ...(style === 'go' && payload !== undefined ? { 'content-md5': createHash('md5').update(payload).digest('base64') } : {}),
     ...o.extraHeaders,
   };
   const q = o.url.indexOf('?');
@@ -47,7 +50,8 @@ export function signedRequest(o: SignedRequestOptions): { method: string; url: s
   if (style === 'python') {
     authorization = `bce-auth-v1/${o.keys.ak}/${timestamp}/${expirationSeconds}//${computeSignature({ ...base, signedHeaders: null })}`;
   } else if (style === 'go') {
-    authorization = sign({ ...base, signedHeaders: ['host', 'x-bce-date'] });
+    const names = payload !== undefined ? ['content-length', 'content-md5', 'content-type', 'host', 'x-bce-date'] : ['content-type', 'host', 'x-bce-date'];
+    authorization = sign({ ...base, signedHeaders: names });
   } else {
     authorization = sign({ ...base, signedHeaders: null });
   }

@@ -1,5 +1,5 @@
 import type { Volume, VolumeStatus } from '../../domain/volume.ts';
-import type { ListOptions, Page, VolumeRepository } from '../metadata-store.ts';
+import type { ListOptions, Page, VolumeFilter, VolumeRepository } from '../metadata-store.ts';
 import { placeholders, setClause, type Db } from './database.ts';
 import { pageBySeq } from './paging.ts';
 
@@ -42,11 +42,22 @@ export class SqliteVolumeRepository implements VolumeRepository {
     return row ? toVolume(row) : null;
   }
 
-  async list(accountId: string, filter: { zoneName?: string; name?: string }, page: ListOptions): Promise<Page<Volume>> {
+  async list(accountId: string, filter: VolumeFilter, page: ListOptions): Promise<Page<Volume>> {
     const where = ['account_id = @accountId'];
-    if (filter.zoneName) where.push('zone_name = @zoneName');
-    if (filter.name) where.push('name = @name');
-    const result = pageBySeq<Row>(this.db, 'volumes', where.join(' AND '), { accountId, ...filter }, page);
+    const params: Record<string, unknown> = { accountId };
+    if (filter.zoneName) {
+      where.push('zone_name = @zoneName');
+      params.zoneName = filter.zoneName;
+    }
+    if (filter.name) {
+      where.push('name = @name');
+      params.name = filter.name;
+    }
+    if (filter.ids) {
+      where.push(`id IN (${filter.ids.map((_, i) => `@id${i}`).join(', ') || 'NULL'})`);
+      filter.ids.forEach((id, i) => (params[`id${i}`] = id));
+    }
+    const result = pageBySeq<Row>(this.db, 'volumes', where.join(' AND '), params, page);
     return { items: result.items.map(toVolume), nextMarker: result.nextMarker };
   }
 
