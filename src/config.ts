@@ -100,8 +100,10 @@ export function loadServeConfig(flags: ServeFlags, env: NodeJS.ProcessEnv): Serv
     }
   }
   const chunkSize = file.chunkSizeBytes ?? DEFAULT_CHUNK_SIZE;
-  if (!Number.isInteger(chunkSize) || chunkSize < 4096 || chunkSize > 64 << 20 || (1 << 30) % chunkSize !== 0) {
-    throw new ConfigError('chunkSizeBytes must divide 1 GiB and lie between 4 KiB and 64 MiB');
+  // Dividing 1 GiB keeps every disk a whole number of chunks; at least 512 KiB keeps the largest
+  // disk (32765 GiB) within a manifest's 2^26 chunks.
+  if (!Number.isInteger(chunkSize) || chunkSize < 512 << 10 || chunkSize > 64 << 20 || (1 << 30) % chunkSize !== 0) {
+    throw new ConfigError('chunkSizeBytes must divide 1 GiB and lie between 512 KiB and 64 MiB');
   }
 
   const stored = loadOrCreateCredentials(dataDir, env);
