@@ -89,6 +89,9 @@ test('while a block client holds a disk it is InUse: a second client, HTTP write
   try {
     await until(async () => (await status(id)) === 'InUse', 10_000, 'InUse');
     await assert.rejects(run('qemu-img', ['info', nbdUrl(id)]), /busy|block client|refused|Requested export not available|policy/i);
+    // Asking about exports never takes a disk: listing works while one is held.
+    const list = await run('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${server.nbdPort}`]);
+    assert.ok(JSON.parse(list.stdout).exports.some((e: any) => e['export-name'] === id && e['export-size'] === GiB), list.stdout);
     const raw = new BceClient(server.urls.bj!, { accessKeyId: AK, secretAccessKey: SK });
     await assert.rejects(raw.json({ method: 'PUT', path: `/v2/volume/${id}/data`, query: { offset: '0' }, body: Buffer.alloc(512) }), (e: any) => e.code === 'OperationDenied');
     await raw.close();

@@ -38,11 +38,20 @@ export class BlockIoError extends Error {
 /**
  * How the block server finds a disk by export name. `open` throws `ExportUnavailableError` with a
  * human-readable reason (unknown disk, another writer holds it, disk not in a usable state). The
- * returned handle must be released exactly once, when the client disconnects.
+ * returned handle must be released exactly once, when the client disconnects. `describe` answers
+ * questions about an export (NBD_OPT_INFO, descriptions) without opening it, so asking never
+ * takes a disk away from anyone; it throws `ExportUnavailableError('unknown')` for a missing one.
  */
 export interface ExportProvider {
   list(): Promise<Array<{ name: string; description?: string }>>;
+  describe(name: string): Promise<ExportDescription>;
   open(name: string): Promise<OpenedExport>;
+}
+
+export interface ExportDescription {
+  size: number;
+  readOnly: boolean;
+  description?: string;
 }
 
 export interface OpenedExport {

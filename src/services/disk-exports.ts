@@ -7,7 +7,8 @@
  * NBD has no authentication: any client that reaches the port reaches every disk of the region.
  * The server binds to loopback by default; README says how to expose it safely.
  */
-import { ExportUnavailableError, type ExportProvider, type OpenedExport } from '../blockdev/block-target.ts';
+import { ExportUnavailableError, type ExportDescription, type ExportProvider, type OpenedExport } from '../blockdev/block-target.ts';
+import { GiB } from '../domain/volume.ts';
 import { isApiError } from '../domain/errors.ts';
 import type { Region } from './region-context.ts';
 
@@ -17,6 +18,12 @@ export class DiskExports implements ExportProvider {
   async list(): Promise<Array<{ name: string; description?: string }>> {
     const volumes = await this.region.meta.volumes.listByStatus(['Available', 'InUse']);
     return volumes.map((v) => ({ name: v.id, description: v.name || `${v.diskSizeInGB} GiB disk` }));
+  }
+
+  async describe(name: string): Promise<ExportDescription> {
+    const volume = await this.region.meta.volumes.getAny(name);
+    if (!volume) throw new ExportUnavailableError(`no disk ${name} in region ${this.region.name}`, 'unknown');
+    return { size: volume.diskSizeInGB * GiB, readOnly: false, description: volume.name || `${volume.diskSizeInGB} GiB disk` };
   }
 
   async open(name: string): Promise<OpenedExport> {
