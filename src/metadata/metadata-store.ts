@@ -5,7 +5,7 @@
  * transaction, so callers never need a cross-call transaction. All methods are async so a networked
  * database can implement them.
  *
- * `test/metadata-contract.test.ts` runs one suite against every implementation.
+ * `test/helpers/metadata-contract.ts` is the one suite every implementation runs (test/metadata-*.test.ts).
  */
 import type { Snapshot, SnapshotStatus } from '../domain/snapshot.ts';
 import type { Volume, VolumeStatus } from '../domain/volume.ts';
