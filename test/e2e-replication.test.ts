@@ -9,7 +9,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BceClient } from '../src/lib/bce-client.ts';
-import { cliJson } from './helpers/cli.ts';
+import { cliJson, runCli } from './helpers/cli.ts';
 import { metric } from './helpers/metrics.ts';
 import { sdkClient, send, sendError, until, waitSnapshot, waitVolume, type SdkClient } from './helpers/sdk.ts';
 import { spawnServer, type SpawnedServer } from './helpers/spawned-server.ts';
@@ -162,4 +162,24 @@ test('error cases of remote copy answer the documented codes', async () => {
   assert.deepEqual(await sendError(bj, 'PUT', '/v2/snapshot/remote_copy/s-nothere1', { body: { destRegionInfos: [{ destRegion: 'hkg' }] } }), { status: 404, code: 'NoSuchObject' });
   const notJson = await fetch(`${server.urls.bj}/v2/snapshot/remote_copy/${id}`, { method: 'PUT', body: '{' });
   assert.equal(notJson.status, 403); // unsigned: refused before the body is read
+});
+
+test('the CLI copies to several regions with --wait, printing progress lines per destination', async () => {
+  const r = await runCli(['snapshot', 'copy', state.snapshotId!, '--to', 'hkg,gz', '--name', 'cli-copy', '--wait'], env('bj'));
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /hkg s-[A-Za-z0-9]{8}: 100%/);
+  assert.match(r.stderr, /gz s-[A-Za-z0-9]{8}: 100%/);
+  const lines = r.stdout.trim().split('\n');
+  assert.equal(lines.length, 2);
+  for (const line of lines) {
+    const m = /^(hkg|gz): (s-[A-Za-z0-9]{8}) Available$/.exec(line);
+    assert.ok(m, line);
+    const copy = (await send(sdk(m[1]!), 'GET', `/v2/snapshot/${m[2]}`)).snapshot;
+    assert.equal(copy.status, 'Available');
+    assert.equal(copy.name, 'cli-copy');
+  }
+  // A failure is reported with the server's code and a non-zero exit.
+  const bad = await runCli(['snapshot', 'copy', state.snapshotId!, '--to', 'bj'], env('bj'));
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /^error: OperationDenied: /m);
 });
