@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import {
   canonicalRequest, computeSignature, parseAuthorization, sign, signingKey, parseRawQuery,
   uriEncode, parseTimestamp, signaturesEqual, AuthHeaderParseError, type QueryPairs,
@@ -11,7 +11,16 @@ interface Vector {
   method: string; path: string; query: Record<string, string | null>; headers: Record<string, string>;
   signedHeaders: string[] | null; canonicalRequest?: string; signingKey?: string; authorization: string; alsoValid?: string[];
 }
-const vectors: Vector[] = JSON.parse(readFileSync(new URL('../../shared/bce-auth-v1-vectors.json', import.meta.url), 'utf8')).vectors;
+// The steering repo's shared/ sits beside the project in CI and on developer machines; the fixture
+// is a copy for a checkout without it. When both exist they must agree.
+const shared = new URL('../../shared/bce-auth-v1-vectors.json', import.meta.url);
+const fixture = new URL('./fixtures/bce-auth-v1-vectors.json', import.meta.url);
+const vectorText = readFileSync(existsSync(shared) ? shared : fixture, 'utf8');
+const vectors: Vector[] = JSON.parse(vectorText).vectors;
+
+test('the fixture copy of the vectors matches shared/ when shared/ is there', () => {
+  assert.deepEqual(JSON.parse(readFileSync(fixture, 'utf8')), JSON.parse(vectorText));
+});
 
 for (const v of vectors) {
   const query: QueryPairs = Object.entries(v.query);

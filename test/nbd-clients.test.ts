@@ -245,6 +245,8 @@ describe('NBD server with real clients', () => {
     assert.match(r.stdout + r.stderr, /Permission denied|read-only|read only/i);
     const ro = await runToolOk('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0 0 65536', ts.uri('golden')]);
     assert.doesNotMatch(ro.stdout, /fail/i);
+    // The server releases an export when it sees the client's socket close, just after qemu-io exits.
+    await waitFor(() => !ts.provider.stats('golden').open, 5000, 'release of the read-only export');
     const st = ts.provider.stats('golden');
     assert.equal(st.opens, st.releases);
   });
