@@ -181,3 +181,23 @@ test('garbage collection removes chunks no snapshot references and keeps the res
   const restored = await newDisk({ snapshotId: keep });
   assert.equal(await exportSha(restored), await exportSha(state.volumeId!));
 });
+
+test('CLI: volume and snapshot create/list/show/delete with --json, and errors carry the server code', async () => {
+  const created = await cliJson(['volume', 'create', '--size', '1', '--name', 'cli-disk', '--wait'], env);
+  const id = created[0].id;
+  assert.equal(created[0].status, 'Available');
+  assert.ok((await cliJson(['volume', 'list'], env)).some((v: any) => v.id === id && v.name === 'cli-disk'));
+  assert.equal((await cliJson(['volume', 'show', id], env)).diskSizeInGB, 1);
+  const snap = await cliJson(['snapshot', 'create', id, '--name', 'cli-snap', '--wait'], env);
+  assert.equal(snap.status, 'Available');
+  assert.deepEqual((await cliJson(['snapshot', 'list', '--volume', id], env)).map((s: any) => s.id), [snap.id]);
+  assert.equal((await cliJson(['snapshot', 'show', snap.id], env)).name, 'cli-snap');
+  assert.deepEqual(await cliJson(['snapshot', 'delete', snap.id], env), { deleted: snap.id });
+  assert.deepEqual(await cliJson(['volume', 'delete', id], env), { deleted: id });
+  const missing = await runCli(['volume', 'show', id], env);
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /^error: NoSuchObject: .*\(request [0-9a-f-]{36}\)$/m);
+  const noKeys = await runCli(['volume', 'list'], { SNAPFERRY_ENDPOINT: server.urls.bj!, SNAPFERRY_ACCESS_KEY_ID: '', SNAPFERRY_SECRET_ACCESS_KEY: '' });
+  assert.equal(noKeys.code, 2);
+  assert.match(noKeys.stderr, /set SNAPFERRY_ACCESS_KEY_ID/);
+});

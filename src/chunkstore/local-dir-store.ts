@@ -28,6 +28,8 @@
  * re-read); a scrubber that finds a damaged chunk should `delete` it and put it again. A final file
  * whose size differs from the data being put is treated as damaged and replaced at the next sync.
  */
+import { KeyedMutex } from '../lib/keyed-mutex.ts';
+import { mapLimit } from '../lib/map-limit.ts';
 import { randomBytes } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import * as fsp from 'node:fs/promises';
@@ -90,33 +92,6 @@ function isCode(err: unknown, code: string): boolean {
   return typeof err === 'object' && err !== null && (err as NodeJS.ErrnoException).code === code;
 }
 
-/** Runs `fn` over `items` with at most `limit` running at once; rejects with the first error after all settle. */
-async function forEachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  let firstError: unknown = undefined;
-  let failed = false;
-  const runners: Promise<void>[] = [];
-  for (let r = 0; r < Math.min(limit, items.length); r++) {
-    runners.push(
-      (async () => {
-        while (next < items.length) {
-          const item = items[next++]!;
-          try {
-            await fn(item);
-          } catch (err) {
-            if (!failed) {
-              failed = true;
-              firstError = err;
-            }
-          }
-        }
-      })(),
-    );
-  }
-  await Promise.all(runners);
-  if (failed) throw firstError;
-}
-
 export class LocalDirChunkStore implements ChunkStore {
   readonly root: string;
   readonly tmpDir: string;
@@ -129,7 +104,7 @@ export class LocalDirChunkStore implements ChunkStore {
   /** Chunks put but not yet renamed into place, by id. */
   private readonly pending = new Map<string, Pending>();
   /** Per-id serialization of put / delete / the rename step of sync. */
-  private readonly locks = new Map<string, Promise<void>>();
+  private readonly locks = new KeyedMutex<string>();
   /** Fan-out directories with a removed entry since the last sync (fsynced at the next sync). */
   private readonly dirtyDirs = new Set<string>();
   /** Chunks dropped after a failed fsync, not put again or deleted since (see ChunksLostError). */
@@ -164,7 +139,7 @@ export class LocalDirChunkStore implements ChunkStore {
     await fsp.mkdir(this.tmpDir);
     const dirs: string[] = [];
     for (const a of HEX) for (const b of HEX) dirs.push(a + b);
-    await forEachLimited(dirs, 32, async (d) => {
+    await mapLimit(dirs, 32, async (d) => {
       try {
         await fsp.mkdir(join(this.root, d));
       } catch (err) {
@@ -279,7 +254,7 @@ export class LocalDirChunkStore implements ChunkStore {
       if (this.pending.has(id)) present.add(id);
       else toStat.push(id);
     }
-    await forEachLimited(toStat, this.statConcurrency, async (id) => {
+    await mapLimit(toStat, this.statConcurrency, async (id) => {
       try {
         const st = await fsp.stat(this.finalPath(id));
         if (st.isFile()) present.add(id);
@@ -323,7 +298,7 @@ export class LocalDirChunkStore implements ChunkStore {
         }
         const ids = names.filter((n) => ID_RE.test(n) && n.startsWith(dir) && !yielded.has(n));
         const found: Array<{ id: string; size: number; mtimeMs: number }> = [];
-        await forEachLimited(ids, this.statConcurrency, async (id) => {
+        await mapLimit(ids, this.statConcurrency, async (id) => {
           try {
             const st = await fsp.stat(join(this.root, dir, id));
             if (st.isFile()) found.push({ id, size: st.size, mtimeMs: st.mtimeMs });
@@ -365,7 +340,7 @@ export class LocalDirChunkStore implements ChunkStore {
     const dirs = new Set<string>(this.dirtyDirs);
     this.dirtyDirs.clear();
     const errors: unknown[] = [];
-    await forEachLimited(entries, this.syncConcurrency, async ([id, p]) => {
+    await mapLimit(entries, this.syncConcurrency, async ([id, p]) => {
       try {
         await this.fsyncFile(p.tmpPath);
       } catch (err) {
@@ -395,7 +370,7 @@ export class LocalDirChunkStore implements ChunkStore {
         dirs.add(id.slice(0, 2));
       });
     });
-    await forEachLimited([...dirs], this.syncConcurrency, async (d) => {
+    await mapLimit([...dirs], this.syncConcurrency, async (d) => {
       try {
         await this.hook('dirsync', join(this.root, d));
         await fsyncDir(join(this.root, d));
@@ -477,20 +452,10 @@ export class LocalDirChunkStore implements ChunkStore {
     if (this.faultHook) await this.faultHook(op, path);
   }
 
-  private async withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(id) ?? Promise.resolve();
-    let release!: () => void;
-    const mine = new Promise<void>((r) => (release = r));
-    const tail = prev.then(() => mine);
-    this.locks.set(id, tail);
-    await prev;
-    try {
-      return await fn();
-    } finally {
-      release();
-      if (this.locks.get(id) === tail) this.locks.delete(id);
-    }
+  private withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.locks.run([id], fn);
   }
+
 }
 
 async function unlinkIfExists(path: string): Promise<boolean> {

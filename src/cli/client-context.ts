@@ -66,3 +66,15 @@ export async function waitUntil<T>(fetch: () => Promise<T>, done: (v: T) => bool
     await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
+
+/** Every item of a BCC list call, following `nextMarker` page by page. */
+export async function listAll<T>(ctx: ClientContext, path: string, key: string, query: Record<string, string | undefined> = {}): Promise<T[]> {
+  const all: T[] = [];
+  let marker: string | undefined;
+  do {
+    const page = await ctx.client.json<Record<string, unknown> & { nextMarker?: string }>({ method: 'GET', path, query: { ...query, marker } });
+    all.push(...(page[key] as T[]));
+    marker = page.nextMarker;
+  } while (marker);
+  return all;
+}

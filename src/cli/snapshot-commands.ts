@@ -1,7 +1,7 @@
 /** `snapferry snapshot create|list|show|delete|copy`. */
 import type { Command } from 'commander';
 import { MultiProgress, Progress } from './progress.ts';
-import { runClientCommand, waitUntil, type ClientContext, type ClientFlags } from './client-context.ts';
+import { listAll, runClientCommand, waitUntil, type ClientContext, type ClientFlags } from './client-context.ts';
 
 interface SnapshotModel {
   id: string;
@@ -35,13 +35,7 @@ export function snapshotCommands(program: Command, common: (c: Command) => Comma
     .option('--volume <volumeId>', 'only snapshots of this disk')
     .action((o: ClientFlags & { volume?: string }) =>
       runClientCommand(o, async (ctx) => {
-        const all: SnapshotModel[] = [];
-        let marker: string | undefined;
-        do {
-          const page = await ctx.client.json<{ snapshots: SnapshotModel[]; nextMarker?: string }>({ method: 'GET', path: '/v2/snapshot', query: { marker, volumeId: o.volume } });
-          all.push(...page.snapshots);
-          marker = page.nextMarker;
-        } while (marker);
+        const all = await listAll<SnapshotModel>(ctx, '/v2/snapshot', 'snapshots', { volumeId: o.volume });
         ctx.print(all, () => (all.length ? all.map(describe).join('\n') : 'no snapshots'));
       }),
     );

@@ -10,7 +10,7 @@ import type { Command } from 'commander';
 import { isAllZero } from '../lib/all-zero.ts';
 import { mapLimit } from '../lib/map-limit.ts';
 import { Progress, formatBytes } from './progress.ts';
-import { runClientCommand, waitUntil, type ClientContext, type ClientFlags } from './client-context.ts';
+import { listAll, runClientCommand, waitUntil, type ClientContext, type ClientFlags } from './client-context.ts';
 
 const PIECE = 4 << 20;
 /** Zero detection granularity on import: the service's chunk size, so skipped blocks are whole chunks. */
@@ -55,13 +55,7 @@ export function volumeCommands(program: Command, common: (c: Command) => Command
   common(volume.command('list').description('list disks'))
     .action((o: ClientFlags) =>
       runClientCommand(o, async (ctx) => {
-        const all: VolumeModel[] = [];
-        let marker: string | undefined;
-        do {
-          const page = await ctx.client.json<{ volumes: VolumeModel[]; nextMarker?: string }>({ method: 'GET', path: '/v2/volume', query: { marker } });
-          all.push(...page.volumes);
-          marker = page.nextMarker;
-        } while (marker);
+        const all = await listAll<VolumeModel>(ctx, '/v2/volume', 'volumes');
         ctx.print(all, () => (all.length ? all.map(describe).join('\n') : 'no disks'));
       }),
     );

@@ -49,3 +49,22 @@ export function setClause(patch: Record<string, unknown>, columns: Record<string
 
 /** `(?, ?, ?)` placeholders for an IN list. */
 export const placeholders = (n: number): string => Array.from({ length: n }, () => '?').join(', ');
+
+/**
+ * `UPDATE table SET <patch> WHERE id = ? AND not deleted [AND status IN (...)]`; returns whether a
+ * row changed (an empty patch counts as a match when the row exists).
+ */
+export function guardedUpdate(
+  db: Db,
+  table: 'volumes' | 'snapshots',
+  id: string,
+  patch: Record<string, unknown>,
+  columns: Record<string, string>,
+  fromStatuses?: readonly string[],
+): boolean {
+  const set = setClause(patch, columns);
+  if (set.sql === '') return db.prepare(`SELECT 1 FROM ${table} WHERE id = ? AND deleted_at IS NULL`).get(id) !== undefined;
+  const guard = fromStatuses ? ` AND status IN (${fromStatuses.map((_, i) => `@s${i}`).join(', ')})` : '';
+  const guardParams = Object.fromEntries((fromStatuses ?? []).map((s, i) => [`s${i}`, s]));
+  return db.prepare(`UPDATE ${table} SET ${set.sql} WHERE id = @id AND deleted_at IS NULL${guard}`).run({ ...set.params, ...guardParams, id }).changes > 0;
+}

@@ -1,6 +1,6 @@
 import type { Volume, VolumeStatus } from '../../domain/volume.ts';
 import type { ListOptions, Page, VolumeFilter, VolumeRepository } from '../metadata-store.ts';
-import { placeholders, setClause, type Db } from './database.ts';
+import { guardedUpdate, placeholders, type Db } from './database.ts';
 import { pageBySeq } from './paging.ts';
 
 const COLUMNS: Record<string, string> = {
@@ -69,16 +69,7 @@ export class SqliteVolumeRepository implements VolumeRepository {
   }
 
   async update(id: string, patch: Partial<Omit<Volume, 'id' | 'accountId'>>, fromStatuses?: VolumeStatus[]): Promise<Volume | null> {
-    const set = setClause(patch, COLUMNS);
-    if (set.sql !== '') {
-      const guard = fromStatuses ? ` AND status IN (${fromStatuses.map((_, i) => `@s${i}`).join(', ')})` : '';
-      const guardParams = Object.fromEntries((fromStatuses ?? []).map((s, i) => [`s${i}`, s]));
-      const info = this.db
-        .prepare(`UPDATE volumes SET ${set.sql} WHERE id = @id AND deleted_at IS NULL${guard}`)
-        .run({ ...set.params, ...guardParams, id });
-      if (info.changes === 0) return null;
-    }
-    return this.getAny(id);
+    return guardedUpdate(this.db, 'volumes', id, patch, COLUMNS, fromStatuses) ? this.getAny(id) : null;
   }
 
   async delete(id: string): Promise<void> {
