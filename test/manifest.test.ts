@@ -117,6 +117,17 @@ describe('Manifest', () => {
     assert.deepEqual([...Manifest.empty(10 * MiB, MiB).nonZeroChunks()], []);
   });
 
+  it('walks non-zero chunks in bounded batches, each id once per batch, with chunk lengths', () => {
+    const m = Manifest.empty(10 * 1000 + 500, 1000); // 11 chunks, the last 500 bytes
+    const a = 'a'.repeat(64);
+    const b = 'b'.repeat(64);
+    for (const [i, id] of [[0, a], [1, a], [2, b], [4, a], [7, b], [10, a]] as const) m.set(i, id);
+    const batches = [...m.chunkBatches(2)].map((batch) => batch.map((c) => `${c.id[0]}:${c.length}`));
+    assert.deepEqual(batches, [['a:1000', 'b:1000'], ['a:1000', 'b:1000'], ['a:500']]);
+    assert.equal(m.nonZeroBytes, 5 * 1000 + 500);
+    assert.deepEqual([...Manifest.empty(5000, 1000).chunkBatches(4)], []);
+  });
+
   it('round-trips random patterns of every shape', () => {
     for (let round = 0; round < 200; round++) {
       const count = [0, 1, 7, 8, 9, 16, 17, 63, 64, 65, 200, 1000][round % 12]!;

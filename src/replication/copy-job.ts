@@ -64,8 +64,9 @@ export function copyJob(deps: CopyJobDeps): JobHandler {
         await peer.reserve(p.destSnapshotId, p.reserve, signal);
         await peer.putManifest(p.destSnapshotId, manifestBytes, signal);
 
-        const chunks = distinctChunks(manifest);
-        const total = chunks.reduce((n, c) => n + c.length, 0);
+        // Walked in batches: memory stays bounded however large the snapshot. A chunk that repeats
+        // across batches is found present the second time and counted as confirmed.
+        const total = manifest.nonZeroBytes;
         let confirmed = 0;
         // Progress goes to the destination (and the job record) at most every PROGRESS_EVERY_MS:
         // each report is a durable database write on both sides.
@@ -80,9 +81,8 @@ export function copyJob(deps: CopyJobDeps): JobHandler {
           await control.saveProgress({ percent, confirmedBytes: confirmed, totalBytes: total });
         };
         const labels = { destination: p.destRegion };
-        for (let at = 0; at < chunks.length; at += MISSING_BATCH) {
+        for (const batch of manifest.chunkBatches(MISSING_BATCH)) {
           signal.throwIfAborted();
-          const batch = chunks.slice(at, at + MISSING_BATCH);
           const missing = new Set(await peer.missing(batch.map((c) => c.id), signal));
           for (const c of batch) {
             if (!missing.has(c.id)) {
@@ -153,17 +153,4 @@ export function encodeForWire(data: Buffer): [Buffer, 'zstd' | 'raw'] {
   }
   const packed = compress(data, { compressionLevel: 1 });
   return packed.length < data.length * COMPRESSION_WORTH ? [packed, 'zstd'] : [data, 'raw'];
-}
-
-/** Each distinct chunk id once, in manifest order, with its length (the last chunk may be short). */
-export function distinctChunks(manifest: Manifest): Array<{ id: string; length: number }> {
-  const seen = new Set<string>();
-  const out: Array<{ id: string; length: number }> = [];
-  for (let i = 0; i < manifest.chunkCount; i++) {
-    const id = manifest.chunkId(i);
-    if (id === null || seen.has(id)) continue;
-    seen.add(id);
-    out.push({ id, length: manifest.chunkLength(i) });
-  }
-  return out;
 }

@@ -156,6 +156,34 @@ export class Manifest {
     }
   }
 
+  /**
+   * The non-zero chunks in manifest order, in batches of at most `size`, each id once per batch
+   * (a chunk repeated further away may come again in a later batch). Memory stays O(size) however
+   * large the disk: for walks over a whole manifest such as a copy or a commit check.
+   */
+  *chunkBatches(size: number): IterableIterator<Array<{ id: string; length: number }>> {
+    let batch: Array<{ id: string; length: number }> = [];
+    let seen = new Set<string>();
+    for (const { index, id } of this.nonZeroChunks()) {
+      if (seen.has(id)) continue;
+      seen.add(id);
+      batch.push({ id, length: this.chunkLength(index) });
+      if (batch.length === size) {
+        yield batch;
+        batch = [];
+        seen = new Set();
+      }
+    }
+    if (batch.length > 0) yield batch;
+  }
+
+  /** Bytes of all non-zero chunks (a repeated chunk counts each time it appears). */
+  get nonZeroBytes(): number {
+    let total = 0;
+    for (const { index } of this.nonZeroChunks()) total += this.chunkLength(index);
+    return total;
+  }
+
   /** The ids of the non-zero chunks, each once. */
   distinctChunkIds(): Set<string> {
     const out = new Set<string>();

@@ -95,9 +95,8 @@ export class IncomingCopyService {
     if (!snap.manifestId) throw new ApiError('ChunksMissing', 'No manifest has arrived for this copy.');
     const manifest = await this.region.repo.loadManifest(snap.manifestId);
     await this.region.repo.chunks.sync();
-    const ids = [...manifest.distinctChunkIds()];
     let missing = 0;
-    for (let at = 0; at < ids.length; at += 4096) missing += (await this.missing(ids.slice(at, at + 4096))).length;
+    for (const batch of manifest.chunkBatches(4096)) missing += (await this.missing(batch.map((c) => c.id))).length;
     if (missing > 0) throw new ApiError('ChunksMissing', `${missing} chunks have not arrived.`);
     await this.region.meta.snapshots.update(id, { status: 'Available', progress: 100 }, ['Creating']);
     this.region.log('info', 'incoming copy available', { snapshotId: id, sourceRegion: snap.sourceRegion, sourceSnapshotId: snap.sourceSnapshotId });
