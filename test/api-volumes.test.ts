@@ -190,3 +190,22 @@ test('resize can change the storage type (with or without growing), but not into
   assertBceError(await h.call('PUT', `/v2/volume/${id}?resize`, { newVolumeType: 'premium_ssd' }), 400, 'BadRequest');
   assertBceError(await h.call('PUT', `/v2/volume/${id}?resize`, { newVolumeType: 'tape' }), 400, 'BadRequest');
 });
+
+test('while a snapshot of a disk is being taken, rollback, resize and delete wait their turn (409)', async () => {
+  const [id] = await createVolume({ cdsSizeInGB: 1 });
+  await waitStatus(id!, 'Available');
+  const done = (await h.call('POST', '/v2/snapshot', { volumeId: id, snapshotName: 'done' })).json.snapshotId;
+  await h.waitFor(async () => (await h.call('GET', `/v2/snapshot/${done}`)).json.snapshot.status === 'Available');
+  // A capture in progress, held still: its record says Creating.
+  const capturing = (await h.call('POST', '/v2/snapshot', { volumeId: id, snapshotName: 'capturing' })).json.snapshotId;
+  await h.waitFor(async () => (await h.call('GET', `/v2/snapshot/${capturing}`)).json.snapshot.status === 'Available');
+  await h.region.meta.snapshots.update(capturing, { status: 'Creating' });
+  assertBceError(await h.call('PUT', `/v2/volume/${id}?rollback`, { snapshotId: done }), 409, 'OperationDenied');
+  assertBceError(await h.call('PUT', `/v2/volume/${id}?resize`, { newCdsSizeInGB: 2 }), 409, 'OperationDenied');
+  assertBceError(await h.call('DELETE', `/v2/volume/${id}`), 409, 'Volume.DiskStatusCannotBeDeleted');
+  assert.equal((await waitStatus(id!, 'Available')).diskSizeInGB, 1, 'each refusal left the disk as it was');
+  await h.region.meta.snapshots.update(capturing, { status: 'Available' });
+  assert.equal((await h.call('PUT', `/v2/volume/${id}?rollback`, { snapshotId: done })).status, 200);
+  await waitStatus(id!, 'Available');
+  assert.equal((await h.call('DELETE', `/v2/volume/${id}`)).status, 200);
+});

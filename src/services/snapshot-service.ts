@@ -53,6 +53,12 @@ export class SnapshotService {
         };
         const outcome = await this.region.meta.snapshots.insertIfAbsent(snapshot, MAX_MANUAL_SNAPSHOTS_PER_VOLUME);
         if (outcome === 'quota') throw new ApiError('Instance.SnapshotLimitExceeded', `The disk ${volume.id} already has ${MAX_MANUAL_SNAPSHOTS_PER_VOLUME} snapshots.`);
+        // A rollback, resize or delete may have started between the check above and the insert.
+        const now = await this.region.meta.volumes.getAny(volume.id);
+        if (!now || !canSnapshotVolume(now.status)) {
+          await this.region.meta.snapshots.delete(id);
+          throw new ApiError('OperationDenied', `The disk ${volume.id} is ${now?.status ?? 'gone'}; a snapshot needs it Available or InUse.`);
+        }
         await this.region.jobs.enqueue({ kind: SNAPSHOT_CREATE_JOB, key: `snapshot.create:${id}`, group: `capture:${volume.id}`, payload: { snapshotId: id, volumeId: volume.id } });
       },
     );

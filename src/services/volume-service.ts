@@ -126,6 +126,10 @@ export class VolumeService {
     try {
       const marked = await this.region.meta.volumes.update(id, { status: 'Deleting' }, ['Available', 'Expired', 'Error']);
       if (!marked) throw new ApiError('Volume.DiskStatusCannotBeDeleted');
+      if (await this.snapshotInProgress(id)) {
+        await this.region.meta.volumes.update(id, { status: volume.status }, ['Deleting']);
+        throw new ApiError('Volume.DiskStatusCannotBeDeleted', `A snapshot of ${id} is being taken; delete the disk when it is done.`);
+      }
       // The record goes first: a crash after it leaves only unreferenced files, which recovery removes.
       await this.region.meta.volumes.delete(id);
       await this.region.meta.diskBases.delete(id);
@@ -160,6 +164,10 @@ export class VolumeService {
       const release = this.region.leases.acquire(id, 'maintenance');
       try {
         if (!(await this.region.meta.volumes.update(id, { status: 'Scaling' }, ['Available']))) throw new ApiError('OperationDenied', `The disk ${id} changed state; retry.`);
+        if (await this.snapshotInProgress(id)) {
+          await this.region.meta.volumes.update(id, { status: 'Available' }, ['Scaling']);
+          throw new ApiError('OperationDenied', `A snapshot of ${id} is being taken; resize it when the snapshot is done.`);
+        }
         try {
           if (newSizeGB > volume.diskSizeInGB) await (await this.region.disks.open(id)).grow(newSizeGB * GiB);
           await this.region.meta.volumes.update(id, { status: 'Available', diskSizeInGB: newSizeGB, storageType: newType });
@@ -183,9 +191,22 @@ export class VolumeService {
     }
     const marked = await this.region.meta.volumes.update(id, { status: 'SnapshotProcessing' }, ['Available']);
     if (!marked) throw new ApiError('OperationDenied', `The disk ${id} changed state; retry.`);
+    if (await this.snapshotInProgress(id)) {
+      await this.region.meta.volumes.update(id, { status: 'Available' }, ['SnapshotProcessing']);
+      throw new ApiError('OperationDenied', `A snapshot of ${id} is being taken; roll back when it is done.`);
+    }
     await this.region.jobs.enqueue({
       kind: VOLUME_ROLLBACK_JOB, key: `volume.rollback:${id}:${Date.now()}`, group: 'volume', payload: { volumeId: id, snapshotId, manifestId: snap.manifestId },
     });
+  }
+
+  /**
+   * Whether a snapshot of the disk is being captured. Rollback, resize and delete first move the disk
+   * to their own status and then ask this, while snapshot create inserts first and then re-reads the
+   * disk's status: whichever of two racing requests comes second sees the other and backs off.
+   */
+  private async snapshotInProgress(volumeId: string): Promise<boolean> {
+    return (await this.region.meta.snapshots.listByStatus(['Creating'])).some((s) => s.volumeId === volumeId);
   }
 
   private async mustGet(ctx: RequestContext, id: string): Promise<Volume> {
