@@ -75,11 +75,15 @@ test('healthz needs no signature; unknown paths, versions and methods answer in 
     ['GET', '/v3/snapshot', 404, 'InvalidVersion'],
     ['GET', '/nothing/here', 404, 'NoSuchRoute'],
     ['PATCH', '/v2/volume', 405, 'MethodNotAllowed'],
+    ['DELETE', '/v2/snapshot', 405, 'MethodNotAllowed'],
   ];
   for (const [method, url, status, code] of cases) {
     const res = await h.app.inject({ method: method as 'GET', url });
     assertBceError({ status: res.statusCode, json: res.json(), headers: res.headers }, status, code);
   }
+  // HEAD is not served implicitly (it would read a whole disk on the data route to send nothing).
+  const head = await h.app.inject({ method: 'HEAD', url: '/v2/volume/v-00000000/data' });
+  assert.equal(head.statusCode, 405);
 });
 
 test('every response carries x-bce-request-id, success bodies do not', async () => {

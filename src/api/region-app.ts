@@ -46,6 +46,8 @@ export function buildRegionApp(deps: RegionApiDeps): FastifyInstance {
     // Idle keep-alive sockets are closed on shutdown; requests in flight are allowed to finish.
     forceCloseConnections: 'idle',
     return503OnClosing: true,
+    // No implicit HEAD routes: a HEAD on the data route would read a whole disk to send nothing.
+    exposeHeadRoutes: false,
     frameworkErrors: (err, req, reply) => sendError(reply, req, err, deps.log),
   });
   const env: RouteEnv = { region: deps.region, tenants: deps.tenants, now: deps.now ?? Date.now };
