@@ -28,9 +28,9 @@ export interface SignedRequestOptions {
   extraHeaders?: Record<string, string>;
 }
 
-export function signedRequest(o: SignedRequestOptions): { method: string; url: string; headers: Record<string, string>; payload?: string } {
+export function signedRequest(o: SignedRequestOptions): { method: string; url: string; headers: Record<string, string>; payload?: string | Buffer } {
   const style = o.style ?? 'js';
-  const payload = o.body === undefined ? undefined : typeof o.body === 'string' ? o.body : JSON.stringify(o.body);
+  const payload = o.body === undefined ? undefined : typeof o.body === 'string' || Buffer.isBuffer(o.body) ? o.body : JSON.stringify(o.body);
   const timestamp = formatTimestamp(o.at ?? Date.now());
   const headers: Record<string, string> = {
     host: o.host ?? 'localhost:80',
