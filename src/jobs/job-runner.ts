@@ -100,7 +100,12 @@ export class JobRunner {
     this.timer = null;
     for (const r of this.running.values()) r.abort.abort(new Error('job runner stopping'));
     await Promise.allSettled([...this.running.values()].map((r) => r.done));
-    await this.opts.jobs.releaseLeases(this.owner);
+    try {
+      await this.opts.jobs.releaseLeases(this.owner);
+    } catch (err) {
+      // Leases expire on their own; a store that is already gone must not turn shutdown into a crash.
+      this.opts.log('warn', 'could not release job leases at shutdown', { err: String(err) });
+    }
   }
 
   private schedule(delayMs: number): void {

@@ -24,6 +24,8 @@ export interface Harness {
   region: Region;
   /** Sends a signed request (Alice's keys unless given) and returns status, headers and parsed JSON. */
   call(method: string, url: string, body?: unknown, opts?: { keys?: Keys; style?: SdkStyle; at?: number; expirationSeconds?: number; headers?: Record<string, string> }): Promise<{ status: number; headers: Record<string, unknown>; json: any; raw: Buffer }>;
+  /** What the region logged so far, parsed. */
+  logs(): Array<Record<string, any>>;
   /** Polls until `check` returns truthy (or throws after `ms`). */
   waitFor<T>(check: () => Promise<T | null | undefined | false>, ms?: number): Promise<T>;
   close(): Promise<void>;
@@ -50,6 +52,7 @@ export async function startHarness(regionName = 'bj', overrides: Partial<ServeCo
       if (String(res.headers['content-type'] ?? '').includes('json') && raw.length > 0) json = JSON.parse(raw.toString('utf8'));
       return { status: res.statusCode, headers: res.headers, json, raw };
     },
+    logs: () => logs.map((l) => JSON.parse(l)),
     async waitFor(check, ms = 20_000) {
       const deadline = Date.now() + ms;
       for (;;) {
@@ -60,9 +63,12 @@ export async function startHarness(regionName = 'bj', overrides: Partial<ServeCo
       }
     },
     async close() {
-      await built.close();
-      await hasher.close();
-      await rm(dir, { recursive: true, force: true });
+      try {
+        await built.close();
+      } finally {
+        await hasher.close();
+        await rm(dir, { recursive: true, force: true });
+      }
     },
   };
   return harness;
