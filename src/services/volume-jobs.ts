@@ -11,6 +11,7 @@ import { restoreDisk } from '../repository/restore.ts';
 import { ChunkIntegrityError, ChunkNotFoundError } from '../chunkstore/chunk-store.ts';
 import type { Region } from './region-context.ts';
 import { loadDiskBase } from './disk-base.ts';
+import type { DiskBase } from '../repository/capture.ts';
 
 export const VOLUME_CREATE_JOB = 'volume.create';
 export const VOLUME_ROLLBACK_JOB = 'volume.rollback';
@@ -27,9 +28,17 @@ interface RollbackPayload {
   manifestId: string;
 }
 
-/** Data that cannot be read back correctly will not get better by retrying. */
-function permanentIfDataLost(e: unknown): unknown {
-  return e instanceof ChunkIntegrityError || e instanceof ChunkNotFoundError ? new PermanentJobError((e as Error).message) : e;
+/**
+ * Fills a disk from a manifest. Data that cannot be read back correctly (a damaged or missing chunk)
+ * will not get better by retrying: that failure is permanent, everything else is retried.
+ */
+async function fillDisk(region: Region, volumeId: string, manifestId: string, current: DiskBase | null, signal: AbortSignal): Promise<void> {
+  const disk = await region.disks.open(volumeId);
+  try {
+    await restoreDisk(region.repo, await region.repo.loadManifest(manifestId), disk, current, undefined, signal);
+  } catch (e) {
+    throw e instanceof ChunkIntegrityError || e instanceof ChunkNotFoundError ? new PermanentJobError((e as Error).message) : e;
+  }
 }
 
 export function volumeCreateJob(region: Region): JobHandler {
@@ -41,14 +50,7 @@ export function volumeCreateJob(region: Region): JobHandler {
       const volume = await region.meta.volumes.getAny(volumeId);
       if (!volume || volume.status !== 'Creating') return; // deleted meanwhile, or done before a crash
       await region.disks.create(volumeId, volume.diskSizeInGB * GiB);
-      if (manifestId) {
-        const disk = await region.disks.open(volumeId);
-        try {
-          await restoreDisk(region.repo, await region.repo.loadManifest(manifestId), disk, null, undefined, control.signal);
-        } catch (e) {
-          throw permanentIfDataLost(e);
-        }
-      }
+      if (manifestId) await fillDisk(region, volumeId, manifestId, null, control.signal);
       await region.meta.diskBases.set(volumeId, manifestId, 0);
       await region.meta.volumes.update(volumeId, { status: 'Available' }, ['Creating']);
       region.log('info', 'disk created', { volumeId, fromManifest: manifestId });
@@ -70,15 +72,10 @@ export function volumeRollbackJob(region: Region): JobHandler {
       if (!volume || volume.status !== 'SnapshotProcessing') return;
       const release = region.leases.acquire(volumeId, 'maintenance');
       try {
-        const disk = await region.disks.open(volumeId);
-        const current = await loadDiskBase(region, volumeId);
-        // A retry after a crash cannot trust the base: the first attempt may have rewritten chunks.
-        const trustBase = job.attempts === 1 ? current : null;
-        try {
-          await restoreDisk(region.repo, await region.repo.loadManifest(manifestId), disk, trustBase ?? { manifest: null, generation: 0 }, undefined, control.signal);
-        } catch (e) {
-          throw permanentIfDataLost(e);
-        }
+        // A retry cannot trust the disk's base: the first attempt may have rewritten chunks. Without
+        // it every chunk the snapshot holds is written again (still not the disk's zero chunks).
+        const current = job.attempts === 1 ? await loadDiskBase(region, volumeId) : { manifest: null, generation: 0 };
+        await fillDisk(region, volumeId, manifestId, current, control.signal);
         await region.meta.diskBases.set(volumeId, manifestId, 0);
         await region.meta.volumes.update(volumeId, { status: 'Available' }, ['SnapshotProcessing']);
         region.log('info', 'disk rolled back', { volumeId, manifestId });
