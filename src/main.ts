@@ -131,6 +131,7 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
   );
 
   const remoteCopies = new RemoteCopyService(region, peer);
+  const incoming = new IncomingCopyService(region);
   const runGc = async (): Promise<unknown> => {
     const result = await collectGarbage(repo, () => gcRoots(region), config.gcGraceMs);
     await meta.idempotency.purgeOlderThan(Date.now() - CLIENT_TOKEN_TTL_MS);
@@ -148,7 +149,7 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
     extraRoutes: [
       remoteCopyRoutes(remoteCopies),
       internalRoutes({
-        services: serviceDirectory(config.regionSecret), incoming: new IncomingCopyService(region), chunkSize: config.chunkSize,
+        services: serviceDirectory(config.regionSecret), incoming, chunkSize: config.chunkSize,
         chunkEncodingHeader: CHUNK_ENCODING_HEADER, now: Date.now,
         admin: { scrub: () => scrubRepository(repo), gc: runGc },
       }),
@@ -156,23 +157,37 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
   });
   await recoverRegion(region);
 
-  let gcTimer: NodeJS.Timeout | null = null;
+  // Housekeeping on a timer: garbage collection, and failing incoming copies whose source went silent.
+  let housekeepingRuns = false;
+  const housekeeping = async (): Promise<void> => {
+    if (housekeepingRuns) return; // the previous round is still going: skip, never pile up
+    housekeepingRuns = true;
+    try {
+      log('info', 'garbage collection done', { ...(await runGc() as object) });
+    } catch (e) {
+      log('error', 'garbage collection failed', { err: String(e) });
+    }
+    try {
+      const failed = await incoming.failSilent(config.copyDeadlineMs);
+      if (failed > 0) log('warn', 'incoming copies failed: their source went silent', { count: failed });
+    } catch (e) {
+      log('error', 'checking incoming copies failed', { err: String(e) });
+    } finally {
+      housekeepingRuns = false;
+    }
+  };
+  let housekeepingTimer: NodeJS.Timeout | null = null;
   return {
     region,
     app,
     metrics,
     start() {
       jobs.start();
-      gcTimer = setInterval(() => {
-        runGc().then(
-          (result) => log('info', 'garbage collection done', { ...(result as object) }),
-          (e) => log('error', 'garbage collection failed', { err: String(e) }),
-        );
-      }, config.gcIntervalMs);
-      gcTimer.unref();
+      housekeepingTimer = setInterval(() => void housekeeping(), config.gcIntervalMs);
+      housekeepingTimer.unref();
     },
     async close() {
-      if (gcTimer) clearInterval(gcTimer);
+      if (housekeepingTimer) clearInterval(housekeepingTimer);
       await app.close();
       await jobs.stop();
       await Promise.allSettled([...peers.values()].map((p) => p.close()));

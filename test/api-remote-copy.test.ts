@@ -11,7 +11,7 @@ let h: Harness;
 
 before(async () => {
   // hkg is a peer on a port nothing listens on; copies to it can only fail, after a short deadline.
-  h = await startHarness('bj', { peers: { hkg: 'http://127.0.0.1:9' }, copyDeadlineMs: 2500 });
+  h = await startHarness('bj', { peers: { hkg: 'http://127.0.0.1:9' }, copyDeadlineMs: 2500, gcIntervalMs: 300 });
 });
 after(async () => h.close());
 
@@ -53,4 +53,18 @@ test('a source that is not Available, and bodies that are not JSON, are refused'
   assertBceError(await h.call('PUT', `/v2/snapshot/remote_copy/${id}`, '{"destRegionInfos": ['), 400, 'MalformedJSON');
   assertBceError(await h.call('PUT', `/v2/snapshot/remote_copy/${id}`, '[]'), 400, 'InappropriateJSON');
   assertBceError(await h.call('GET', '/v2/snapshot/remote_copy/s-nothere1'), 404, 'NoSuchObject');
+});
+
+test('an incoming copy whose source goes silent past the deadline fails at the destination, and can then be deleted', async () => {
+  const region = { ak: 'snapferry-region-gz', sk: h.config.regionSecret };
+  const reserve = await h.call('PUT', '/internal/v1/snapshots/s-incomin1', {
+    accountId: 'alice', name: 'from-gz', desc: '', sizeInGB: 1, storageType: 'hp1', sourceRegion: 'gz', sourceSnapshotId: 's-gzsource',
+  }, { keys: region });
+  assert.equal(reserve.status, 200, JSON.stringify(reserve.json));
+  assert.equal((await h.call('GET', '/v2/snapshot/s-incomin1')).json.snapshot.status, 'Creating');
+  assertBceError(await h.call('DELETE', '/v2/snapshot/s-incomin1'), 403, 'SnapshotOperationForbidden');
+  await h.waitFor(async () => (await h.call('GET', '/v2/snapshot/s-incomin1')).json.snapshot.status === 'CreatedFailed', 15_000);
+  assert.equal((await h.call('DELETE', '/v2/snapshot/s-incomin1')).status, 200);
+  // A tenant's keys cannot reach the internal endpoints.
+  assertBceError(await h.call('PUT', '/internal/v1/snapshots/s-incomin2', { accountId: 'alice' }), 403, 'InvalidAccessKeyId');
 });

@@ -63,6 +63,10 @@ export interface SnapshotRepository {
   delete(id: string): Promise<void>;
   /** Every manifest id a snapshot record points at (a garbage-collection root). */
   manifestIds(): Promise<string[]>;
+  /** Records that an incoming copy heard from its source at `at`. */
+  touch(id: string, at: number): Promise<void>;
+  /** Incoming copies (sourceRegion set) still Creating whose last sign of life is older than `before`. */
+  listSilentIncoming(before: number): Promise<Snapshot[]>;
 }
 
 /** A clientToken's memory: what it was used for, and the result that the first call produced. */

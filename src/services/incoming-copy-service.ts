@@ -26,6 +26,7 @@ export class IncomingCopyService {
       sourceRegion: req.sourceRegion, sourceSnapshotId: req.sourceSnapshotId, manifestId: null, lastError: null,
     };
     const outcome = await this.region.meta.snapshots.insertIfAbsent(snapshot);
+    await this.region.meta.snapshots.touch(id, Date.now());
     if (outcome === 'exists') {
       const existing = await this.region.meta.snapshots.getAny(id);
       if (!existing || existing.sourceSnapshotId !== req.sourceSnapshotId || existing.sourceRegion !== req.sourceRegion) {
@@ -47,6 +48,7 @@ export class IncomingCopyService {
     }
     if (manifest.diskSize > snap.sizeInGB * 1024 ** 3) throw new ApiError('InvalidManifest', 'The manifest describes more bytes than the snapshot size.');
     const manifestId = sha256Hex(bytes);
+    await this.region.meta.snapshots.touch(id, Date.now());
     if (snap.manifestId === manifestId) return manifestId;
     await this.region.repo.manifests.put(manifestId, bytes);
     await this.region.repo.manifests.sync();
@@ -84,6 +86,20 @@ export class IncomingCopyService {
 
   async progress(id: string, percent: number): Promise<void> {
     await this.region.meta.snapshots.update(id, { progress: Math.max(0, Math.min(99, Math.floor(percent))) }, ['Creating']);
+    await this.region.meta.snapshots.touch(id, Date.now());
+  }
+
+  /**
+   * Fails incoming copies whose source has been silent for longer than `deadlineMs` (it may be gone
+   * for good; the source applies the same deadline to its side). Without this such a copy would stay
+   * `Creating`, and a `Creating` snapshot cannot be deleted.
+   */
+  async failSilent(deadlineMs: number): Promise<number> {
+    const silent = await this.region.meta.snapshots.listSilentIncoming(Date.now() - deadlineMs);
+    for (const s of silent) {
+      await this.fail(s.id, `no word from the source region ${s.sourceRegion} for ${Math.round(deadlineMs / 1000)} s`);
+    }
+    return silent.length;
   }
 
   /** Every chunk present and durable, then Available. Idempotent: an Available copy commits again as a no-op. */
@@ -92,6 +108,7 @@ export class IncomingCopyService {
     if (!snap || snap.sourceRegion === null) throw new ApiError('NoSuchObject', `No incoming copy ${id}.`);
     if (snap.status === 'Available') return;
     if (snap.status !== 'Creating') throw new ApiError('OperationDenied', `The copy ${id} is ${snap.status}.`);
+    await this.region.meta.snapshots.touch(id, Date.now());
     if (!snap.manifestId) throw new ApiError('ChunksMissing', 'No manifest has arrived for this copy.');
     const manifest = await this.region.repo.loadManifest(snap.manifestId);
     await this.region.repo.chunks.sync();

@@ -108,6 +108,18 @@ export function metadataContract(name: string, make: () => Promise<MetadataFixtu
       assert.deepEqual((await m.snapshots.listByStatus(['Creating'])).map((s) => s.id), [c.id]);
     }));
 
+    it('snapshots: incoming copies that went silent are found by their last sign of life', withStore(async (m) => {
+      const now = Date.now();
+      const quiet = snapshot({ sourceRegion: 'gz', sourceSnapshotId: 's-a0000001', createTime: now - 10_000 });
+      const talking = snapshot({ sourceRegion: 'gz', sourceSnapshotId: 's-a0000002', createTime: now - 10_000 });
+      const local = snapshot({ createTime: now - 10_000 });
+      const done = snapshot({ sourceRegion: 'gz', sourceSnapshotId: 's-a0000003', createTime: now - 10_000, status: 'Available' });
+      for (const s of [quiet, talking, local, done]) await m.snapshots.insertIfAbsent(s);
+      await m.snapshots.touch(talking.id, now);
+      assert.deepEqual((await m.snapshots.listSilentIncoming(now - 5000)).map((s) => s.id), [quiet.id]);
+      assert.deepEqual(await m.snapshots.listSilentIncoming(now - 20_000), []);
+    }));
+
     it('idempotency records: insert once, read back, complete, touch, purge', withStore(async (m) => {
       const rec = { scope: 'acct/bj/op', token: 't1', paramsHash: 'h', result: { ids: ['v-1'] }, completed: false, lastUsedAt: 1000 };
       assert.equal(await m.idempotency.insertIfAbsent(rec), true);

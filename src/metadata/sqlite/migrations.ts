@@ -85,4 +85,10 @@ export const MIGRATIONS: ReadonlyArray<{ version: number; sql: string }> = [
       );
     `,
   },
+  {
+    // When an incoming copy last heard from its source: a copy silent for longer than the copy
+    // deadline is failed by the destination itself (its source may be gone for good).
+    version: 2,
+    sql: `ALTER TABLE snapshots ADD COLUMN touched_at INTEGER;`,
+  },
 ];

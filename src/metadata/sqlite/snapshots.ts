@@ -83,6 +83,20 @@ export class SqliteSnapshotRepository implements SnapshotRepository {
     this.db.prepare('UPDATE snapshots SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL').run(Date.now(), id);
   }
 
+  async touch(id: string, at: number): Promise<void> {
+    this.db.prepare('UPDATE snapshots SET touched_at = ? WHERE id = ?').run(at, id);
+  }
+
+  async listSilentIncoming(before: number): Promise<Snapshot[]> {
+    const rows = this.db
+      .prepare(
+        `SELECT * FROM snapshots WHERE deleted_at IS NULL AND status = 'Creating' AND source_region IS NOT NULL
+           AND coalesce(touched_at, create_time) < ? ORDER BY seq`,
+      )
+      .all(before) as Row[];
+    return rows.map(toSnapshot);
+  }
+
   async manifestIds(): Promise<string[]> {
     return this.db.prepare('SELECT DISTINCT manifest_id FROM snapshots WHERE deleted_at IS NULL AND manifest_id IS NOT NULL').pluck().all() as string[];
   }
