@@ -132,6 +132,7 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
 
   const remoteCopies = new RemoteCopyService(region, peer);
   const incoming = new IncomingCopyService(region);
+  const snapshots = new SnapshotService(region, (id) => remoteCopies.isBeingRead(id));
   const runGc = async (): Promise<unknown> => {
     const result = await collectGarbage(repo, () => gcRoots(region), config.gcGraceMs);
     await meta.idempotency.purgeOlderThan(Date.now() - CLIENT_TOKEN_TTL_MS);
@@ -142,7 +143,7 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
     region: name,
     tenants: tenantDirectory(config),
     volumes: new VolumeService(region),
-    snapshots: new SnapshotService(region, (id) => remoteCopies.isBeingRead(id)),
+    snapshots,
     volumeData: new VolumeDataService(region),
     metrics,
     log,
@@ -157,24 +158,24 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
   });
   await recoverRegion(region);
 
-  // Housekeeping on a timer: garbage collection, and failing incoming copies whose source went silent.
+  // Housekeeping on a timer. Each chore's failure is logged and does not stop the others.
+  const chores: Array<[string, () => Promise<unknown>]> = [
+    ['expired snapshot deletion', () => snapshots.deleteExpired()],
+    ['garbage collection', runGc],
+    ['failing incoming copies whose source went silent', () => incoming.failSilent(config.copyDeadlineMs)],
+  ];
   let housekeepingRuns = false;
   const housekeeping = async (): Promise<void> => {
     if (housekeepingRuns) return; // the previous round is still going: skip, never pile up
     housekeepingRuns = true;
-    try {
-      log('info', 'garbage collection done', { ...(await runGc() as object) });
-    } catch (e) {
-      log('error', 'garbage collection failed', { err: String(e) });
+    for (const [name, chore] of chores) {
+      try {
+        log('info', `${name} done`, { result: await chore() });
+      } catch (e) {
+        log('error', `${name} failed`, { err: String(e) });
+      }
     }
-    try {
-      const failed = await incoming.failSilent(config.copyDeadlineMs);
-      if (failed > 0) log('warn', 'incoming copies failed: their source went silent', { count: failed });
-    } catch (e) {
-      log('error', 'checking incoming copies failed', { err: String(e) });
-    } finally {
-      housekeepingRuns = false;
-    }
+    housekeepingRuns = false;
   };
   let housekeepingTimer: NodeJS.Timeout | null = null;
   return {

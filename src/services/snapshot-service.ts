@@ -86,6 +86,22 @@ export class SnapshotService {
     await this.region.meta.snapshots.delete(id);
   }
 
+  /**
+   * Deletes snapshots whose `retentionInDays` has run out (BCC deletes them automatically), except
+   * one a copy is still reading: it goes on a later round. Returns how many went.
+   */
+  async deleteExpired(now = Date.now()): Promise<number> {
+    let deleted = 0;
+    for (const s of await this.region.meta.snapshots.listByStatus(['Available', 'CreatedFailed'])) {
+      if (s.retentionInDays === null || s.createTime + s.retentionInDays * 86_400_000 > now) continue;
+      if (await this.isBeingRead(s.id)) continue;
+      await this.region.meta.snapshots.delete(s.id);
+      this.region.log('info', 'snapshot expired and was deleted', { snapshotId: s.id, retentionInDays: s.retentionInDays });
+      deleted++;
+    }
+    return deleted;
+  }
+
   async modify(ctx: RequestContext, id: string, patch: { snapshotName: string | null; desc: string | null; retentionInDays: number | null }): Promise<void> {
     await this.get(ctx, id);
     if (patch.snapshotName !== null && !isValidSnapshotName(patch.snapshotName)) throw new ApiError('Snapshot.SnapshotNameInvalid');
