@@ -22,7 +22,7 @@ import { MetricsRegistry } from './lib/metrics.ts';
 import { acquirePidLock } from './lib/pid-lock.ts';
 import { Sha256Pool } from './lib/sha256-pool.ts';
 import { SqliteMetadataStore } from './metadata/sqlite/sqlite-metadata-store.ts';
-import { COPY_JOB, copyJob, type CopyPayload } from './replication/copy-job.ts';
+import { copyJob } from './replication/copy-job.ts';
 import { CHUNK_ENCODING_HEADER, PeerClient, SERVICE_KEY_PREFIX } from './replication/peer-client.ts';
 import { ReplicationMetrics } from './replication/replication-metrics.ts';
 import { ChunkRepository, RepositoryMetrics } from './repository/chunk-repository.ts';
@@ -108,17 +108,7 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
     }
     return client;
   };
-  const replicationMetrics = new ReplicationMetrics(metrics);
-  metrics.onCollect(async () => {
-    for (const [state, gauge] of [['running', replicationMetrics.activeCopies], ['queued', replicationMetrics.queuedCopies]] as const) {
-      const counts = new Map<string, number>(Object.keys(urls).filter((r) => r !== name).map((r) => [r, 0]));
-      for (const j of await meta.jobs.list([state], [COPY_JOB])) {
-        const dest = (j.payload as CopyPayload).destRegion;
-        counts.set(dest, (counts.get(dest) ?? 0) + 1);
-      }
-      for (const [dest, n] of counts) gauge.set(n, { destination: dest });
-    }
-  });
+  const replicationMetrics = new ReplicationMetrics(metrics, meta.jobs, Object.keys(urls).filter((r) => r !== name));
 
   jobs.register(volumeCreateJob(region));
   jobs.register(volumeRollbackJob(region));
@@ -168,11 +158,11 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
   const housekeeping = async (): Promise<void> => {
     if (housekeepingRuns) return; // the previous round is still going: skip, never pile up
     housekeepingRuns = true;
-    for (const [name, chore] of chores) {
+    for (const [what, chore] of chores) {
       try {
-        log('info', `${name} done`, { result: await chore() });
+        log('info', `${what} done`, { result: await chore() });
       } catch (e) {
-        log('error', `${name} failed`, { err: String(e) });
+        log('error', `${what} failed`, { err: String(e) });
       }
     }
     housekeepingRuns = false;

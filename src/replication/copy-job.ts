@@ -15,19 +15,9 @@ import { PermanentJobError } from '../jobs/job-runner.ts';
 import { mapLimit } from '../lib/map-limit.ts';
 import type { JobRecord } from '../metadata/metadata-store.ts';
 import type { Manifest } from '../repository/manifest.ts';
-import { isTransient, type PeerClient, type ReserveRequest } from './peer-client.ts';
+import { COPY_JOB, type CopyPayload } from './copy-payload.ts';
+import { isTransient, type PeerClient } from './peer-client.ts';
 import type { ReplicationMetrics } from './replication-metrics.ts';
-
-export const COPY_JOB = 'snapshot.copy';
-
-export interface CopyPayload {
-  sourceSnapshotId: string;
-  /** The manifest being copied; also keeps it (and its chunks) safe from garbage collection. */
-  manifestId: string;
-  destRegion: string;
-  destSnapshotId: string;
-  reserve: ReserveRequest;
-}
 
 export interface CopyJobDeps {
   chunks: ChunkStore;

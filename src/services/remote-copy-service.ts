@@ -6,7 +6,7 @@ import { ApiError } from '../domain/errors.ts';
 import { newSnapshotId } from '../domain/ids.ts';
 import { isValidSnapshotName } from '../domain/snapshot.ts';
 import { REGION_BOUND_STORAGE_TYPES } from '../domain/volume.ts';
-import { COPY_JOB, type CopyPayload } from '../replication/copy-job.ts';
+import { COPY_JOB, type CopyPayload } from '../replication/copy-payload.ts';
 import type { PeerClient } from '../replication/peer-client.ts';
 import { withClientToken } from './client-token.ts';
 import type { Region } from './region-context.ts';
