@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import Database from 'better-sqlite3';
 import { SqliteMetadataStore } from '../src/metadata/sqlite/sqlite-metadata-store.ts';
+import { MIGRATIONS } from '../src/metadata/sqlite/migrations.ts';
 import { metadataContract, volume } from './helpers/metadata-contract.ts';
 
 metadataContract('SQLite', async () => {
@@ -28,6 +29,34 @@ test('SQLite: data survives reopening; a database from a newer program is refuse
     raw.prepare('INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)').run();
     raw.close();
     assert.throws(() => new SqliteMetadataStore(file), /schema version 999 is newer/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('SQLite: a database written by schema version 1 is brought forward and keeps its data', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'snapferry-meta-'));
+  try {
+    const file = join(dir, 'meta.db');
+    // A region database as the first release left it: only migration 1, one incoming copy in flight.
+    const old = new Database(file);
+    old.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)');
+    old.exec(MIGRATIONS.find((m) => m.version === 1)!.sql);
+    old.prepare('INSERT INTO schema_migrations (version, applied_at) VALUES (1, 0)').run();
+    old.prepare(
+      `INSERT INTO snapshots (id, account_id, name, desc, volume_id, size_gb, create_time, status, create_method, progress, storage_type, tags, source_region, source_snapshot_id)
+       VALUES ('s-old00001', 'acct', 'old', '', '', 1, 1000, 'Creating', 'MANUAL', 40, 'hp1', '[]', 'gz', 's-gz000001')`,
+    ).run();
+    old.close();
+    const store = new SqliteMetadataStore(file);
+    try {
+      assert.equal((await store.snapshots.getAny('s-old00001'))?.progress, 40);
+      assert.deepEqual((await store.snapshots.listSilentIncoming(2000)).map((s) => s.id), ['s-old00001']);
+      await store.snapshots.touch('s-old00001', 5000);
+      assert.deepEqual(await store.snapshots.listSilentIncoming(2000), []);
+    } finally {
+      await store.close();
+    }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
