@@ -5,7 +5,9 @@
  *
  * Point in time across a crash: the first attempt records the disk generation it froze. A later
  * attempt can reproduce that instant only if no chunk was written since; otherwise the snapshot
- * fails (CreatedFailed) rather than silently capturing a later state.
+ * fails (CreatedFailed) rather than silently capturing a later state. The check stays sound after a
+ * crash because the chunk map then reports every chunk as written in the newest generation that
+ * saw a write (synced before that generation's first write lands; see blockdev/chunk-map.ts).
  */
 import type { JobHandler } from '../jobs/job-runner.ts';
 import { PermanentJobError } from '../jobs/job-runner.ts';
