@@ -4,7 +4,7 @@
  * request id and answered as InternalError without internal detail.
  */
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { ApiError, isApiError, type ErrorCode } from '../domain/errors.ts';
+import { ApiError, isApiError } from '../domain/errors.ts';
 import { ChunkIntegrityError } from '../chunkstore/chunk-store.ts';
 
 export type Log = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
@@ -54,9 +54,4 @@ export function sendError(reply: FastifyReply, req: FastifyRequest, err: unknown
     .code(apiError.status)
     .header('content-type', 'application/json; charset=utf-8')
     .send(JSON.stringify({ requestId: req.id, code: apiError.code, message: apiError.message }));
-}
-
-export function errorBody(code: ErrorCode, requestId: string, message?: string): string {
-  const e = new ApiError(code, message);
-  return JSON.stringify({ requestId, code: e.code, message: e.message });
 }

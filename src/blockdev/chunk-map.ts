@@ -47,7 +47,6 @@ export class ChunkMapFormatError extends Error {
 export class ChunkMap {
   private readonly syncer: Coalesced;
   private dirtyRange: [number, number] | null = null;
-  private headerDirty = false;
   private inUse = true;
   /** The newest written generation as it stands on disk. */
   private durableLastWritten: number;
@@ -58,8 +57,6 @@ export class ChunkMap {
     private entries: Uint32Array,
     private generation: number,
     private lastWritten: number,
-    /** True when the map was found not closed cleanly and was reset to "everything changed". */
-    readonly recoveredFromCrash: boolean,
   ) {
     this.syncer = new Coalesced(() => this.writeOut());
     this.durableLastWritten = lastWritten;
@@ -68,7 +65,7 @@ export class ChunkMap {
   /** Creates an empty map (every chunk a hole, generation 1) and leaves it open. */
   static async create(path: string, chunkSize: number, chunkCount: number): Promise<ChunkMap> {
     const fh = await open(path, 'w+');
-    const map = new ChunkMap(fh, chunkSize, new Uint32Array(chunkCount), 1, 0, false);
+    const map = new ChunkMap(fh, chunkSize, new Uint32Array(chunkCount), 1, 0);
     await fh.write(map.header(), 0, HEADER, 0);
     await fh.write(Buffer.alloc(chunkCount * 4), 0, chunkCount * 4, HEADER);
     await fh.sync();
@@ -101,10 +98,9 @@ export class ChunkMap {
           if (!(e & TRIMMED)) entries[i] = ALLOCATED | Math.max(e & GEN_MASK, lastWritten);
         }
       }
-      const map = new ChunkMap(fh, chunkSize, entries, generation, lastWritten, unclean);
+      const map = new ChunkMap(fh, chunkSize, entries, generation, lastWritten);
       // Durably "in use" before any write can land: a crash from here on is recognised at next open.
       if (unclean) map.dirtyRange = [0, count - 1];
-      map.headerDirty = true;
       await map.syncer.run();
       return map;
     } catch (e) {
@@ -134,10 +130,6 @@ export class ChunkMap {
     return (this.entries[index]! & TRIMMED) !== 0;
   }
 
-  stateOf(index: number): ChunkState {
-    return this.isAllocated(index) ? 'data' : this.isTrimmed(index) ? 'trimmed' : 'hole';
-  }
-
   /**
    * Records that chunks [first, last] are about to be written ('data') or were trimmed. Resolves
    * once the record is as durable as it needs to be: at once in memory for hole/data changes,
@@ -148,10 +140,7 @@ export class ChunkMap {
     // Until the newest written generation is on disk, every writer waits for it (not only the first:
     // a second writer must not land its bytes while the first one's sync is still in flight).
     if (this.durableLastWritten < this.generation) {
-      if (this.lastWritten < this.generation) {
-        this.lastWritten = this.generation;
-        this.headerDirty = true;
-      }
+      this.lastWritten = this.generation;
       mustSync = true;
     }
     const want = (this.generation & GEN_MASK) | (state === 'data' ? ALLOCATED : TRIMMED);
@@ -165,16 +154,10 @@ export class ChunkMap {
     if (mustSync) await this.syncer.run();
   }
 
-  /** Writes every pending change out and syncs it (at flush, before a capture freezes, at close). */
-  persist(): Promise<void> {
-    return this.dirtyRange || this.headerDirty ? this.syncer.run() : Promise.resolve();
-  }
-
   /** Starts a new generation; returns the one that just ended. Durable on return. */
   async advanceGeneration(): Promise<number> {
     const ended = this.generation;
     this.generation += 1;
-    this.headerDirty = true;
     await this.syncer.run();
     return ended;
   }
@@ -197,14 +180,12 @@ export class ChunkMap {
     const oldCount = this.entries.length;
     this.entries = bigger;
     if (chunkCount > oldCount) this.dirtyRange = [Math.min(this.dirtyRange?.[0] ?? oldCount, oldCount), chunkCount - 1];
-    this.headerDirty = true;
     await this.syncer.run();
   }
 
   /** Saves everything and marks the map cleanly closed. */
   async close(): Promise<void> {
     this.inUse = false;
-    this.headerDirty = true;
     await this.syncer.run();
     await this.fh.close();
   }
@@ -228,7 +209,6 @@ export class ChunkMap {
   private async writeOut(): Promise<void> {
     const range = this.dirtyRange;
     this.dirtyRange = null;
-    this.headerDirty = false;
     try {
       if (range) {
         const [a, b] = range;
@@ -244,7 +224,6 @@ export class ChunkMap {
       this.durableLastWritten = lastWritten;
     } catch (e) {
       if (range) this.dirtyRange = this.dirtyRange ? [Math.min(this.dirtyRange[0], range[0]), Math.max(this.dirtyRange[1], range[1])] : range;
-      this.headerDirty = true;
       throw e;
     }
   }

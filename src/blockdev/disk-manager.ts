@@ -45,15 +45,6 @@ export class DiskManager {
     await map.close();
   }
 
-  async exists(id: string): Promise<boolean> {
-    try {
-      await stat(this.mapPath(id));
-      return true;
-    } catch {
-      return false;
-    }
-  }
-
   /** Ids of every disk with files here. */
   async list(): Promise<string[]> {
     const names = await readdir(this.dir).catch(() => [] as string[]);

@@ -4,7 +4,8 @@
  *
  * Contract (test/helpers/chunkstore-contract.ts, run against every implementation):
  * - `put(id, data)` stores `data` under `id` if absent. Idempotent: a second put of the same id is a
- *   no-op that still resolves. The implementation verifies sha256(data) === id and throws
+ *   no-op that still resolves. Resolves `true` when this call stored the blob, `false` when the store
+ *   already held it (so a caller learns about dedup without a separate `has`). The implementation verifies sha256(data) === id and throws
  *   `ChunkIntegrityError` otherwise (nothing is stored). After `put` resolves the blob is visible to
  *   `get`/`has`; it is durable only after `sync()` resolves (implementations group their fsyncs there).
  * - `get(id)` returns the plain bytes, re-hashed: bytes whose hash differs from `id` are never
@@ -16,13 +17,13 @@
  * - Ids that are not 64 lower-case hex characters throw `RangeError`.
  */
 export interface ChunkStore {
-  put(id: string, data: Buffer): Promise<void>;
+  put(id: string, data: Buffer): Promise<boolean>;
   /**
    * `put` without the hash check, for a caller that computed `id` from exactly these in-memory
    * bytes a moment before (a snapshot capture): hashing them twice would buy nothing. Never for
    * bytes that arrived from elsewhere (a replication peer, a file): those go through `put`.
    */
-  putHashed(id: string, data: Buffer): Promise<void>;
+  putHashed(id: string, data: Buffer): Promise<boolean>;
   get(id: string): Promise<Buffer>;
   has(ids: readonly string[]): Promise<Set<string>>;
   delete(id: string): Promise<void>;

@@ -165,23 +165,23 @@ export class LocalDirChunkStore implements ChunkStore {
     return this.pending.size;
   }
 
-  async put(id: string, data: Buffer): Promise<void> {
+  async put(id: string, data: Buffer): Promise<boolean> {
     assertChunkId(id);
     const actual = await this.hasher(data);
     if (actual !== id) throw new ChunkIntegrityError(id, actual);
-    await this.putHashed(id, data);
+    return this.putHashed(id, data);
   }
 
-  async putHashed(id: string, data: Buffer): Promise<void> {
+  async putHashed(id: string, data: Buffer): Promise<boolean> {
     assertChunkId(id);
-    await this.withLock(id, async () => {
-      if (this.pending.has(id)) return;
+    return this.withLock(id, async () => {
+      if (this.pending.has(id)) return false;
       const finalPath = this.finalPath(id);
       try {
         const st = await fsp.stat(finalPath);
         if (st.isFile() && st.size === data.length) {
           this.lost.delete(id);
-          return;
+          return false;
         }
         // Wrong size (or not a file): damaged; store a fresh copy that sync renames over it.
       } catch (err) {
@@ -191,6 +191,7 @@ export class LocalDirChunkStore implements ChunkStore {
       await this.writeNewFile(tmpPath, data);
       this.pending.set(id, { tmpPath, size: data.length, mtimeMs: Date.now() });
       this.lost.delete(id);
+      return true;
     });
   }
 

@@ -14,6 +14,3 @@ export const newVolumeId = (): string => `v-${randomSuffix(8)}`;
 export const newSnapshotId = (): string => `s-${randomSuffix(8)}`;
 export const newAccessKeyId = (): string => randomSuffix(32).toLowerCase();
 export const newSecret = (): string => randomSuffix(32).toLowerCase();
-
-export const VOLUME_ID = /^v-[A-Za-z0-9]{8}$/;
-export const SNAPSHOT_ID = /^s-[A-Za-z0-9]{8}$/;

@@ -4,7 +4,7 @@
  */
 import { Pool, type Dispatcher } from 'undici';
 import type { Readable } from 'node:stream';
-import { formatTimestamp, sign } from './bce-auth.ts';
+import { DEFAULT_EXPIRATION_SECONDS, formatTimestamp, sign } from './bce-auth.ts';
 
 export interface BceCredentials {
   accessKeyId: string;
@@ -71,7 +71,7 @@ export class BceClient {
     headers.authorization = sign({
       method: req.method, path: req.path, query: pairs, headers, signedHeaders: null,
       accessKeyId: this.credentials.accessKeyId, secretAccessKey: this.credentials.secretAccessKey,
-      timestamp: headers['x-bce-date']!, expirationSeconds: 1800,
+      timestamp: headers['x-bce-date']!, expirationSeconds: DEFAULT_EXPIRATION_SECONDS,
     });
     let res: Dispatcher.ResponseData;
     try {

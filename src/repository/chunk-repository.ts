@@ -50,13 +50,11 @@ export class ChunkRepository {
   async storeChunk(data: Buffer): Promise<string | null> {
     if (isAllZero(data)) return null;
     const id = await this.hasher.hash(data);
-    const present = await this.chunks.has([id]);
-    if (present.has(id)) {
-      this.metrics.chunksDeduplicated.inc();
-    } else {
-      await this.chunks.putHashed(id, data);
+    if (await this.chunks.putHashed(id, data)) {
       this.metrics.chunksWritten.inc();
       this.metrics.chunkBytesWritten.inc(data.length);
+    } else {
+      this.metrics.chunksDeduplicated.inc();
     }
     return id;
   }

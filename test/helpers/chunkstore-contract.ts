@@ -103,10 +103,10 @@ export function chunkStoreContract(
 
     it('put is idempotent: a second put of the same id resolves and stores one blob', withStore(async ({ store }) => {
       const { id, data } = blob();
-      await store.put(id, data);
-      await store.put(id, Buffer.from(data));
+      assert.equal(await store.put(id, data), true, 'the first put stores');
+      assert.equal(await store.put(id, Buffer.from(data)), false, 'a put while pending finds it there');
       await store.sync();
-      await store.put(id, data);
+      assert.equal(await store.put(id, data), false, 'a put after sync finds it there');
       assert.deepEqual(await store.get(id), data);
       assert.deepEqual([...(await listAll(store)).keys()], [id]);
     }));
@@ -264,6 +264,8 @@ export function chunkStoreContract(
       const rejected = results.filter((r) => r.status === 'rejected');
       assert.equal(rejected.length, 1);
       assert.ok((rejected[0] as PromiseRejectedResult).reason instanceof ChunkIntegrityError);
+      const stored = results.filter((r) => r.status === 'fulfilled' && r.value === true);
+      assert.equal(stored.length, 1, 'exactly one of the racing puts reports that it stored the blob');
       assert.deepEqual(await store.get(id), data);
       await store.sync();
       assert.deepEqual(await store.get(id), data);

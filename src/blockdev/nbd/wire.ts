@@ -12,7 +12,6 @@ import {
   NBD_REPLY_TYPE_ERROR,
   NBD_REPLY_TYPE_NONE,
   NBD_REPLY_TYPE_OFFSET_DATA,
-  REQUEST_HEADER_SIZE,
   SIMPLE_REPLY_HEADER_SIZE,
   STRUCTURED_REPLY_HEADER_SIZE,
 } from './constants.ts';
@@ -149,19 +148,6 @@ export function decodeRequest(buf: Buffer, pos: number): NbdRequest | null {
     offset: readU64(buf, pos + 16),
     length: buf.readUInt32BE(pos + 24),
   };
-}
-
-/** Encodes a request header (used by tests and tools that talk NBD as a client). */
-export function encodeRequest(req: NbdRequest): Buffer {
-  const buf = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
-  buf.writeUInt32BE(NBD_REQUEST_MAGIC, 0);
-  buf.writeUInt16BE(req.flags, 4);
-  buf.writeUInt16BE(req.type, 6);
-  buf.writeUInt32BE(req.cookieHi, 8);
-  buf.writeUInt32BE(req.cookieLo, 12);
-  writeU64(buf, req.offset, 16);
-  buf.writeUInt32BE(req.length, 24);
-  return buf;
 }
 
 export function encodeSimpleReply(error: number, req: NbdRequest): Buffer {
