@@ -140,7 +140,7 @@ interface Target {
   start(file: string): Promise<{ uri: string; stop(): Promise<void> }>;
 }
 
-/** The service's real disk path: sparse file + chunk map (changed-chunk tracking) + copy-on-write hooks. */
+/** The service's real disk path: segment files + chunk map (changed-chunk tracking) + copy-on-write hooks. */
 const ourDisk: Target = {
   name: 'snapferry-disk',
   async start(file) {
@@ -152,7 +152,10 @@ const ourDisk: Target = {
     const provider: ExportProvider = {
       list: async () => [{ name: 'v-bench' }],
       describe: async () => ({ size: SIZE, readOnly: false }),
-      open: async () => ({ target: await disks.open('v-bench'), readOnly: false, release: () => undefined }),
+      open: async () => {
+        const held = await disks.acquire('v-bench');
+        return { target: held.disk, readOnly: false, release: () => held.release() };
+      },
     };
     const server = await startNbdServer({ host: '127.0.0.1', port: 0, exports: provider });
     return {

@@ -43,7 +43,7 @@ export async function snapshotBench(): Promise<string[]> {
       const disks = new DiskManager(path.join(root, 'disks'), MiB);
       await disks.init();
       await disks.create('v-bench', GiB);
-      const disk = await disks.open('v-bench');
+      const { disk } = await disks.acquire('v-bench'); // closeAll below closes it
       const { open } = await import('node:fs/promises');
       const fh = await open(image.path, 'r');
       const buf = Buffer.alloc(4 * MiB);

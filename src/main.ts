@@ -13,17 +13,17 @@ import { buildRegionApp } from './api/region-app.ts';
 import { remoteCopyRoutes } from './api/remote-copy-routes.ts';
 import { DiskManager } from './blockdev/disk-manager.ts';
 import { startNbdServer, type NbdServer } from './blockdev/nbd/index.ts';
-import { LocalDirChunkStore } from './chunkstore/local-dir-store.ts';
+import { LocalDirChunkStore, type LocalDirStoreOptions } from './chunkstore/local-dir-store.ts';
 import type { ServeConfig } from './config.ts';
 import { isKnownRegion } from './domain/region.ts';
 import { JobRunner } from './jobs/job-runner.ts';
 import { jsonLogger, type LogFn } from './lib/logger.ts';
 import { MetricsRegistry } from './lib/metrics.ts';
-import { acquirePidLock } from './lib/pid-lock.ts';
+import { acquireDataDirLock } from './lib/data-dir-lock.ts';
 import { Sha256Pool } from './lib/sha256-pool.ts';
 import { SqliteMetadataStore } from './metadata/sqlite/sqlite-metadata-store.ts';
 import { copyJob } from './replication/copy-job.ts';
-import { CHUNK_ENCODING_HEADER, PeerClient, SERVICE_KEY_PREFIX } from './replication/peer-client.ts';
+import { CHUNK_ENCODING_HEADER, MANIFEST_PART_MAX_BYTES, PeerClient, SERVICE_KEY_PREFIX } from './replication/peer-client.ts';
 import { ReplicationMetrics } from './replication/replication-metrics.ts';
 import { ChunkRepository, RepositoryMetrics } from './repository/chunk-repository.ts';
 import { collectGarbage } from './repository/garbage-collector.ts';
@@ -32,8 +32,9 @@ import { scrubRepository } from './repository/scrub.ts';
 import { CLIENT_TOKEN_TTL_MS } from './services/client-token.ts';
 import { DiskExports } from './services/disk-exports.ts';
 import { DiskLeases } from './services/disk-leases.ts';
-import { IncomingCopyService } from './services/incoming-copy-service.ts';
+import { IncomingCopyService, incomingCopyMetrics } from './services/incoming-copy-service.ts';
 import type { Region } from './services/region-context.ts';
+import { checkRegionIntegrity } from './services/region-integrity.ts';
 import { gcRoots, recoverRegion } from './services/region-recovery.ts';
 import { RemoteCopyService } from './services/remote-copy-service.ts';
 import { snapshotCreateJob } from './services/snapshot-jobs.ts';
@@ -46,6 +47,8 @@ export interface BuiltRegion {
   region: Region;
   app: FastifyInstance;
   metrics: MetricsRegistry;
+  /** Runs one garbage collection now (also what `snapferry gc` and the housekeeping timer run). */
+  gc(): Promise<unknown>;
   /** Starts the job runner and the periodic garbage collection. */
   start(): void;
   close(): Promise<void>;
@@ -79,15 +82,24 @@ export function peerUrls(config: ServeConfig): Record<string, string> {
 }
 
 /** Builds one region: stores opened, recovery done; jobs not started and not listening yet. */
-export async function buildRegion(config: ServeConfig, name: string, hasher: Sha256Pool, log: LogFn): Promise<BuiltRegion> {
+export interface BuildOptions {
+  /** Observer of named steps of long operations (Region.steps): tests only. */
+  steps?: (step: string) => Promise<void>;
+  /** File-system faults injected into the local chunk store (LocalDirStoreOptions.faultHook): tests only. */
+  chunkFaults?: LocalDirStoreOptions['faultHook'];
+}
+
+export async function buildRegion(config: ServeConfig, name: string, hasher: Sha256Pool, log: LogFn, options: BuildOptions = {}): Promise<BuiltRegion> {
   const dir = join(config.dataDir, name);
   await mkdir(dir, { recursive: true });
   const meta = new SqliteMetadataStore(join(dir, 'meta.db'));
-  const chunks = await LocalDirChunkStore.open(join(dir, 'chunks'), { hasher: (b) => hasher.hash(b) });
+  const chunks = await LocalDirChunkStore.open(join(dir, 'chunks'), { hasher: (b) => hasher.hash(b), faultHook: options.chunkFaults });
   const manifests = await LocalDirChunkStore.open(join(dir, 'manifests'), { hasher: (b) => hasher.hash(b) });
   const metrics = new MetricsRegistry();
   const repo = new ChunkRepository(chunks, manifests, hasher, config.chunkSize, new RepositoryMetrics(metrics));
-  const disks = new DiskManager(join(dir, 'disks'), config.chunkSize);
+  const disks = new DiskManager(join(dir, 'disks'), config.chunkSize, {
+    onCloseError: (volumeId, e) => log('error', 'closing an idle disk failed', { volumeId, err: String(e) }),
+  });
   await disks.init();
   const jobs = new JobRunner({
     jobs: meta.jobs,
@@ -95,7 +107,7 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
     groupLimit: (group) => (group.startsWith('copy:') ? config.copyConcurrencyPerDestination : group.startsWith('capture:') ? 1 : 4),
     log,
   });
-  const region: Region = { name, meta, jobs, disks, repo, leases: new DiskLeases(), log };
+  const region: Region = { name, meta, jobs, disks, repo, leases: new DiskLeases(), log, steps: options.steps };
 
   const urls = peerUrls(config);
   const peers = new Map<string, PeerClient>();
@@ -121,10 +133,15 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
   );
 
   const remoteCopies = new RemoteCopyService(region, peer);
-  const incoming = new IncomingCopyService(region);
+  const incoming = new IncomingCopyService(region, incomingCopyMetrics(metrics));
   const snapshots = new SnapshotService(region, (id) => remoteCopies.isBeingRead(id));
   const runGc = async (): Promise<unknown> => {
-    const result = await collectGarbage(repo, () => gcRoots(region), config.gcGraceMs);
+    const result = await collectGarbage({
+      repo, graceMs: config.gcGraceMs,
+      oldestHold: (now) => meta.gcHolds.oldestLiveStart(now),
+      roots: () => gcRoots(region),
+    });
+    await meta.gcHolds.purgeLapsedBefore(Date.now() - 86_400_000);
     await meta.idempotency.purgeOlderThan(Date.now() - CLIENT_TOKEN_TTL_MS);
     await meta.jobs.deleteFinishedBefore(Date.now() - 7 * 86_400_000);
     return result;
@@ -141,8 +158,8 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
       remoteCopyRoutes(remoteCopies),
       internalRoutes({
         services: serviceDirectory(config.regionSecret), incoming, chunkSize: config.chunkSize,
-        chunkEncodingHeader: CHUNK_ENCODING_HEADER, now: Date.now,
-        admin: { scrub: () => scrubRepository(repo), gc: runGc },
+        chunkEncodingHeader: CHUNK_ENCODING_HEADER, manifestPartMaxBytes: MANIFEST_PART_MAX_BYTES, now: Date.now,
+        admin: { scrub: () => scrubRepository(repo), gc: runGc, check: () => checkRegionIntegrity(region) },
       }),
     ],
   });
@@ -153,6 +170,7 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
     ['expired snapshot deletion', () => snapshots.deleteExpired()],
     ['garbage collection', runGc],
     ['failing incoming copies whose source went silent', () => incoming.failSilent(config.copyDeadlineMs)],
+    ['keeping queued copies alive at their destinations', () => remoteCopies.keepAlive()],
   ];
   let housekeepingRuns = false;
   const housekeeping = async (): Promise<void> => {
@@ -172,6 +190,7 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
     region,
     app,
     metrics,
+    gc: runGc,
     start() {
       jobs.start();
       housekeepingTimer = setInterval(() => void housekeeping(), config.gcIntervalMs);
@@ -180,6 +199,7 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
     async close() {
       if (housekeepingTimer) clearInterval(housekeepingTimer);
       await app.close();
+      await incoming.close();
       await jobs.stop();
       await Promise.allSettled([...peers.values()].map((p) => p.close()));
       await disks.closeAll();
@@ -189,7 +209,7 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
 }
 
 export async function startServer(config: ServeConfig, out: NodeJS.WritableStream = process.stdout): Promise<RunningServer> {
-  const releaseLock = acquirePidLock(join(config.dataDir, 'LOCK'));
+  const releaseLock = acquireDataDirLock(config.dataDir);
   const hasher = new Sha256Pool();
   const running: Array<BuiltRegion & { url: string; nbd: NbdServer }> = [];
   const closeAll = async (): Promise<void> => {

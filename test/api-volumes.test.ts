@@ -2,6 +2,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startHarness, bobKeys, type Harness } from './helpers/region-harness.ts';
 import { assertBceError } from './helpers/bce-assert.ts';
+import { prng } from './helpers/block-records.ts';
 
 let h: Harness;
 before(async () => (h = await startHarness('bj')));
@@ -159,9 +160,21 @@ test('rollback: with ?rollback and ?rollback=, only to a snapshot of this disk, 
   assertBceError(await h.call('PUT', `/v2/volume/${a}?rollback`, {}), 400, 'InappropriateJSON');
   assertBceError(await h.call('PUT', `/v2/volume/${a}?rollback`, { snapshotId: 's-missing1' }), 404, 'NoSuchObject');
   for (const flag of ['', '=']) {
-    assert.equal((await h.call('PUT', `/v2/volume/${a}?rollback${flag}`, { snapshotId: snap })).status, 200);
-    // While the rollback runs the disk is not Available: a second rollback is refused, then it settles.
+    const put = await h.call('PUT', `/v2/volume/${a}/data?offset=0`, Buffer.alloc(4096, 0x77), { headers: { 'content-type': 'application/octet-stream' } });
+    assert.equal(put.status, 200);
+    // Hold the rollback job, so that the disk is seen while the rollback is under way.
+    await h.region.jobs.stop();
+    try {
+      assert.equal((await h.call('PUT', `/v2/volume/${a}?rollback${flag}`, { snapshotId: snap })).status, 200);
+      assert.equal((await h.call('GET', `/v2/volume/${a}`)).json.volume.status, 'SnapshotProcessing');
+      // While the rollback runs the disk is not Available: a second rollback is refused.
+      assertBceError(await h.call('PUT', `/v2/volume/${a}?rollback`, { snapshotId: snap }), 409, 'OperationDenied');
+    } finally {
+      h.region.jobs.start();
+    }
     await waitStatus(a!, 'Available');
+    const back = await h.call('GET', `/v2/volume/${a}/data`, undefined, { headers: { range: 'bytes=0-4095' } });
+    assert.ok(back.raw.equals(Buffer.alloc(4096)), 'the disk holds the snapshot again');
   }
 });
 
@@ -191,21 +204,152 @@ test('resize can change the storage type (with or without growing), but not into
   assertBceError(await h.call('PUT', `/v2/volume/${id}?resize`, { newVolumeType: 'tape' }), 400, 'BadRequest');
 });
 
-test('while a snapshot of a disk is being taken, rollback, resize and delete wait their turn (409)', async () => {
+/**
+ * Racing requests: a snapshot create and a rollback, resize or delete of the same disk, sent
+ * together (the second 0..20 event-loop turns after the first, in both orders), many times. The rule
+ * (design.md): each of rollback/resize/delete sets its own status first and then looks for a
+ * Creating snapshot, while snapshot create inserts first and then re-reads the disk: of two racing
+ * requests the second always sees the first. So they never both proceed (both may back off); a
+ * refusal is 409 and leaves the disk and its snapshots as they were.
+ *
+ * With SQLite every store call completes synchronously, so one request's checks could never
+ * interleave with another's and any order of checks would pass. The races below therefore run with
+ * latency on the disk and snapshot stores (0-3 event-loop turns per call, seeded), as any networked
+ * database has: the requests' steps then really interleave. The job runner is held during each race,
+ * so an accepted snapshot or rollback is still in progress when the other request is judged.
+ */
+async function race(first: () => Promise<any>, second: () => Promise<any>, turns: number): Promise<[any, any]> {
+  const later = async () => {
+    for (let i = 0; i < turns; i++) await new Promise((r) => setImmediate(r));
+    return second();
+  };
+  return Promise.all([first(), later()]);
+}
+
+/** Every call of a metadata repository takes 0-3 turns of the event loop before it runs. */
+function withLatency<T extends object>(repo: T, rnd: () => number): T {
+  return new Proxy(repo, {
+    get(target, prop, receiver) {
+      const value = Reflect.get(target, prop, receiver);
+      if (typeof value !== 'function') return value;
+      return async (...args: unknown[]) => {
+        for (let i = Math.floor(rnd() * 4); i > 0; i--) await new Promise((r) => setImmediate(r));
+        return value.apply(target, args);
+      };
+    },
+  });
+}
+
+/** Runs `body` with latency on the disk and snapshot stores and the job runner held. */
+async function racing(seed: number, body: () => Promise<void>): Promise<void> {
+  const meta = h.region.meta as unknown as Record<'volumes' | 'snapshots', object>;
+  const saved = { volumes: meta.volumes, snapshots: meta.snapshots };
+  const rnd = prng(seed);
+  meta.volumes = withLatency(saved.volumes, rnd);
+  meta.snapshots = withLatency(saved.snapshots, rnd);
+  await h.region.jobs.stop();
+  try {
+    await body();
+  } finally {
+    Object.assign(meta, saved);
+    h.region.jobs.start();
+  }
+}
+
+/** Schedules: which request goes first, and how many turns later the other one follows. */
+const schedules = Array.from({ length: 24 }, (_, i) => ({ snapshotFirst: i % 2 === 0, turns: [0, 0, 1, 1, 2, 3, 4, 5, 6, 8, 10, 13][i >> 1]! }));
+
+async function creatingSnapshots(volumeId: string): Promise<any[]> {
+  return (await h.call('GET', `/v2/snapshot?volumeId=${volumeId}&maxKeys=1000`)).json.snapshots.filter((s: any) => s.status === 'Creating');
+}
+
+async function settle(volumeId: string | null, snapshotId: string | null): Promise<void> {
+  h.region.jobs.start();
+  if (snapshotId) await h.waitFor(async () => (await h.call('GET', `/v2/snapshot/${snapshotId}`)).json.snapshot.status === 'Available');
+  if (volumeId) await waitStatus(volumeId, 'Available');
+  await h.region.jobs.stop();
+}
+
+async function racingSnapshot(volumeId: string, other: () => Promise<any>, snapshotFirst: boolean, turns: number): Promise<{ snap: any; res: any }> {
+  const snapshot = () => h.call('POST', '/v2/snapshot', { volumeId, snapshotName: 'racer' });
+  const [a, b] = await race(snapshotFirst ? snapshot : other, snapshotFirst ? other : snapshot, turns);
+  return snapshotFirst ? { snap: a, res: b } : { snap: b, res: a };
+}
+
+test('racing requests: snapshot create against rollback, many times: never both proceed, a refusal leaves everything as it was', async () => {
   const [id] = await createVolume({ cdsSizeInGB: 1 });
   await waitStatus(id!, 'Available');
-  const done = (await h.call('POST', '/v2/snapshot', { volumeId: id, snapshotName: 'done' })).json.snapshotId;
-  await h.waitFor(async () => (await h.call('GET', `/v2/snapshot/${done}`)).json.snapshot.status === 'Available');
-  // A capture in progress, held still: its record says Creating.
-  const capturing = (await h.call('POST', '/v2/snapshot', { volumeId: id, snapshotName: 'capturing' })).json.snapshotId;
-  await h.waitFor(async () => (await h.call('GET', `/v2/snapshot/${capturing}`)).json.snapshot.status === 'Available');
-  await h.region.meta.snapshots.update(capturing, { status: 'Creating' });
-  assertBceError(await h.call('PUT', `/v2/volume/${id}?rollback`, { snapshotId: done }), 409, 'OperationDenied');
-  assertBceError(await h.call('PUT', `/v2/volume/${id}?resize`, { newCdsSizeInGB: 2 }), 409, 'OperationDenied');
-  assertBceError(await h.call('DELETE', `/v2/volume/${id}`), 409, 'Volume.DiskStatusCannotBeDeleted');
-  assert.equal((await waitStatus(id!, 'Available')).diskSizeInGB, 1, 'each refusal left the disk as it was');
-  await h.region.meta.snapshots.update(capturing, { status: 'Available' });
-  assert.equal((await h.call('PUT', `/v2/volume/${id}?rollback`, { snapshotId: done })).status, 200);
+  const base = (await h.call('POST', '/v2/snapshot', { volumeId: id, snapshotName: 'base' })).json.snapshotId;
+  await h.waitFor(async () => (await h.call('GET', `/v2/snapshot/${base}`)).json.snapshot.status === 'Available');
+  const outcomes = new Map<string, number>();
+  await racing(1, async () => {
+    for (const { snapshotFirst, turns } of schedules) {
+      const { snap, res } = await racingSnapshot(id!, () => h.call('PUT', `/v2/volume/${id}?rollback`, { snapshotId: base }), snapshotFirst, turns);
+      const outcome = `snapshot ${snap.status} / rollback ${res.status}`;
+      outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+      assert.ok(!(snap.status === 200 && res.status === 200), `both proceeded (${snapshotFirst ? 'snapshot' : 'rollback'} first, ${turns} turns)`);
+      if (snap.status !== 200) assertBceError(snap, 409, 'OperationDenied');
+      if (res.status !== 200) assertBceError(res, 409, 'OperationDenied');
+      const volume = (await h.call('GET', `/v2/volume/${id}`)).json.volume;
+      assert.equal(volume.status, res.status === 200 ? 'SnapshotProcessing' : 'Available', outcome);
+      assert.deepEqual((await creatingSnapshots(id!)).map((s: any) => s.id), snap.status === 200 ? [snap.json.snapshotId] : [], outcome);
+      await settle(id!, snap.status === 200 ? snap.json.snapshotId : null);
+    }
+  });
+  if (process.env.RACE_LOG) console.error(JSON.stringify([...outcomes]));
+  assert.ok(outcomes.size >= 2, `the schedules produced more than one outcome: ${JSON.stringify([...outcomes])}`);
+});
+
+test('racing requests: snapshot create against resize, many times: never both in progress, a refusal leaves the size as it was', async () => {
+  const [id] = await createVolume({ cdsSizeInGB: 1 });
   await waitStatus(id!, 'Available');
-  assert.equal((await h.call('DELETE', `/v2/volume/${id}`)).status, 200);
+  const outcomes = new Map<string, number>();
+  let size = 1;
+  await racing(2, async () => {
+    for (const { snapshotFirst, turns } of schedules) {
+      const { snap, res } = await racingSnapshot(id!, () => h.call('PUT', `/v2/volume/${id}?resize`, { newCdsSizeInGB: size + 1 }), snapshotFirst, turns);
+      const outcome = `snapshot ${snap.status} / resize ${res.status}`;
+      outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+      if (snap.status !== 200) assertBceError(snap, 409, 'OperationDenied');
+      if (res.status !== 200) assertBceError(res, 409, 'OperationDenied');
+      if (res.status === 200) size++;
+      const volume = (await h.call('GET', `/v2/volume/${id}`)).json.volume;
+      assert.deepEqual([volume.status, volume.diskSizeInGB], ['Available', size], outcome);
+      if (snap.status === 200) {
+        // Both may succeed only one after the other: the resize was over before the snapshot was
+        // taken, so the snapshot has the new size. A snapshot of the old size means they overlapped.
+        const s = (await h.call('GET', `/v2/snapshot/${snap.json.snapshotId}`)).json.snapshot;
+        assert.equal(s.sizeInGB, size, `the snapshot and the resize overlapped (${outcome}, ${snapshotFirst ? 'snapshot' : 'resize'} first, ${turns} turns)`);
+      }
+      assert.deepEqual((await creatingSnapshots(id!)).map((s: any) => s.id), snap.status === 200 ? [snap.json.snapshotId] : [], outcome);
+      await settle(null, snap.status === 200 ? snap.json.snapshotId : null);
+    }
+  });
+  if (process.env.RACE_LOG) console.error(JSON.stringify([...outcomes]));
+  assert.ok(outcomes.size >= 2, `the schedules produced more than one outcome: ${JSON.stringify([...outcomes])}`);
+});
+
+test('racing requests: snapshot create against delete, many times: never both proceed, a refused delete leaves the disk Available', async () => {
+  const ids: string[] = [];
+  while (ids.length < schedules.length) ids.push(...(await createVolume({ cdsSizeInGB: 1, purchaseCount: 5 })));
+  for (const id of ids) await waitStatus(id, 'Available');
+  const outcomes = new Map<string, number>();
+  await racing(3, async () => {
+    for (const [i, { snapshotFirst, turns }] of schedules.entries()) {
+      const id = ids[i]!;
+      const { snap, res } = await racingSnapshot(id, () => h.call('DELETE', `/v2/volume/${id}`), snapshotFirst, turns);
+      const outcome = `snapshot ${snap.status} / delete ${res.status}`;
+      outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+      assert.ok(!(snap.status === 200 && res.status === 200), `both proceeded (${snapshotFirst ? 'snapshot' : 'delete'} first, ${turns} turns)`);
+      if (res.status !== 200) assertBceError(res, 409, 'Volume.DiskStatusCannotBeDeleted');
+      if (snap.status !== 200) assert.ok([404, 409].includes(snap.status), `${snap.status} ${JSON.stringify(snap.json)}`);
+      const volume = await h.call('GET', `/v2/volume/${id}`);
+      if (res.status === 200) assert.equal(volume.status, 404);
+      else assert.equal(volume.json.volume.status, 'Available');
+      assert.deepEqual((await creatingSnapshots(id)).map((s: any) => s.id), snap.status === 200 ? [snap.json.snapshotId] : [], outcome);
+      await settle(null, snap.status === 200 ? snap.json.snapshotId : null);
+    }
+  });
+  if (process.env.RACE_LOG) console.error(JSON.stringify([...outcomes]));
+  assert.ok(outcomes.size >= 2, `the schedules produced more than one outcome: ${JSON.stringify([...outcomes])}`);
 });

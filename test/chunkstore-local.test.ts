@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { ChunkIntegrityError, ChunkNotFoundError } from '../src/chunkstore/chunk-store.ts';
-import { ChunksLostError, type FaultPoint, LocalDirChunkStore, type LocalDirStoreOptions } from '../src/chunkstore/local-dir-store.ts';
+import { ChunksLostError } from '../src/chunkstore/chunk-store.ts';
+import { type FaultPoint, LocalDirChunkStore, type LocalDirStoreOptions } from '../src/chunkstore/local-dir-store.ts';
 import { Sha256Pool } from '../src/lib/sha256-pool.ts';
 import { blob, chunkStoreContract, sha256 } from './helpers/chunkstore-contract.ts';
 
@@ -209,31 +210,64 @@ describe('LocalDirChunkStore specifics', () => {
     }
   });
 
-  it('a chunk lost to a failed fsync fails every later sync until it is put again or deleted', async () => {
+  it('CS-3: a failed fsync fails only the writers whose bytes it touched', async () => {
     const { root, cleanup } = await makeLocal();
     try {
       const x = blob();
       const y = blob();
+      const z = blob();
       let fail = true;
       const store = await LocalDirChunkStore.open(root, {
         faultHook: (op, path) => {
-          if (fail && op === 'fsync' && (path.includes(x.id) || path.includes(y.id))) throw errno('EIO');
+          if (fail && op === 'fsync' && path.includes(x.id)) throw errno('EIO');
         },
       });
-      await store.put(x.id, x.data);
-      await store.put(x.id, x.data); // a second writer deduplicated against the pending chunk
-      await store.put(y.id, y.data);
-      await assert.rejects(store.sync(), AggregateError);
+      const first = store.writer();
+      const deduper = store.writer();
+      const bystander = store.writer();
+      await first.put(x.id, x.data);
+      assert.equal(await deduper.put(x.id, x.data), false, 'found pending: the second writer relies on it');
+      await deduper.put(y.id, y.data);
+      await bystander.put(z.id, z.data);
+      // The bystander never touched x: its sync succeeds although x's fsync fails in the same pass.
+      await bystander.sync();
+      assert.deepEqual(await fsp.readFile(store.finalPath(z.id)), z.data);
+      // Both writers that relied on x learn that x is gone, and only x.
+      await assert.rejects(first.sync(), (e: unknown) => e instanceof ChunksLostError && e.ids.length === 1 && e.ids[0] === x.id);
+      await assert.rejects(deduper.sync(), (e: unknown) => e instanceof ChunksLostError && e.ids.length === 1 && e.ids[0] === x.id);
+      assert.equal((await store.has([x.id])).size, 0, 'a lost chunk is not reported present');
+      assert.deepEqual(await fsp.readFile(store.finalPath(y.id)), y.data, "the deduper's own chunk is durable");
+      // Nothing sticks: later writers and syncs are unaffected; a new put of x stores it afresh.
       fail = false;
-      // The second writer's sync must not report x durable.
-      await assert.rejects(store.sync(), (e: unknown) => e instanceof ChunksLostError && e.ids.length === 2);
-      assert.deepEqual(new Set(store.lostChunks), new Set([x.id, y.id]));
-      await store.put(x.id, x.data);
-      await assert.rejects(store.sync(), (e: unknown) => e instanceof ChunksLostError && e.ids[0] === y.id);
-      await store.delete(y.id);
       await store.sync();
-      assert.deepEqual(store.lostChunks, []);
+      const again = store.writer();
+      assert.equal(await again.put(x.id, x.data), true);
+      await again.sync();
       assert.deepEqual(await fsp.readFile(store.finalPath(x.id)), x.data);
+    } finally {
+      await cleanup();
+    }
+  });
+
+  it('GC-2: put of a present chunk and touch refresh its mtime; deleteIfUnusedSince honours it', async () => {
+    const { root, cleanup } = await makeLocal();
+    try {
+      const store = await LocalDirChunkStore.open(root);
+      const a = blob();
+      await store.put(a.id, a.data);
+      await store.sync();
+      const old = (Date.now() - 7200_000) / 1000;
+      await fsp.utimes(store.finalPath(a.id), old, old);
+      const cutoff = Date.now() - 3600_000;
+      assert.equal(await store.put(a.id, a.data), false);
+      assert.ok((await fsp.stat(store.finalPath(a.id))).mtimeMs > cutoff, 'a dedup put is a use');
+      assert.equal(await store.deleteIfUnusedSince(a.id, cutoff), false);
+      await fsp.utimes(store.finalPath(a.id), old, old);
+      assert.deepEqual(await store.touch([a.id]), new Set([a.id]));
+      assert.equal(await store.deleteIfUnusedSince(a.id, cutoff), false, 'touched: kept');
+      await fsp.utimes(store.finalPath(a.id), old, old);
+      assert.equal(await store.deleteIfUnusedSince(a.id, cutoff), true, 'unused since the cutoff: deleted');
+      assert.deepEqual(await store.touch([a.id]), new Set(), 'gone is reported absent');
     } finally {
       await cleanup();
     }

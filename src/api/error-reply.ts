@@ -29,7 +29,8 @@ function fromFramework(err: { code?: string; statusCode?: number; message: strin
 export function toApiError(err: unknown): ApiError | null {
   if (isApiError(err)) return err;
   if (err instanceof ChunkIntegrityError) return new ApiError('IntegrityError');
-  if (err instanceof RangeError) return new ApiError('BadRequest', err.message);
+  // No RangeError -> 400 here: a RangeError that escapes a service is a broken internal assumption
+  // (a 500), and its message is internal detail. Input checks throw ApiError with their own code.
   if (err && typeof err === 'object' && 'code' in err && typeof (err as { code: unknown }).code === 'string') {
     return fromFramework(err as { code: string; message: string; statusCode?: number });
   }

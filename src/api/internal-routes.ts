@@ -1,12 +1,12 @@
 /**
  * Region-to-region endpoints under /internal/v1. They accept only the regions' service credential
  * (`snapferry-region-<name>` signed with the shared region secret): a tenant's keys are unknown
- * here and answer InvalidAccessKeyId. Also the operator's admin calls (scrub, gc), with the same
+ * here and answer InvalidAccessKeyId. Also the operator's admin calls (scrub, gc, check), with the same
  * credential.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import type { Readable } from 'node:stream';
 import { ApiError } from '../domain/errors.ts';
+import { MAX_DISK_GB } from '../domain/volume.ts';
 import type { IncomingCopyService } from '../services/incoming-copy-service.ts';
 import { authenticate, type CredentialDirectory } from './authenticate.ts';
 import { readJsonBody, reqString } from './json-input.ts';
@@ -16,6 +16,8 @@ import { bodyStream } from './route-kit.ts';
 export interface AdminOperations {
   scrub(): Promise<unknown>;
   gc(): Promise<unknown>;
+  /** Integrity check of the region (services/region-integrity.ts); changes nothing. */
+  check(): Promise<unknown>;
 }
 
 export interface InternalRouteDeps {
@@ -24,20 +26,29 @@ export interface InternalRouteDeps {
   admin: AdminOperations;
   chunkSize: number;
   chunkEncodingHeader: string;
+  /** Body limit of a manifest part upload (the protocol's part size). */
+  manifestPartMaxBytes: number;
   now: () => number;
 }
 
-/** Raw bodies of internal calls are bounded: a chunk (plus compression slack) or a manifest. */
-async function readRaw(stream: Readable, limit: number): Promise<Buffer> {
+/**
+ * Raw bodies of internal calls are bounded before they are buffered: a chunk (plus compression
+ * slack) or a manifest part. A Content-Length above the limit is refused without reading the body.
+ */
+async function readRaw(req: FastifyRequest, limit: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length']);
+  if (Number.isFinite(declared) && declared > limit) throw new ApiError('EntityTooLarge', `The body has ${declared} bytes; at most ${limit} are accepted here.`);
   const parts: Buffer[] = [];
   let size = 0;
-  for await (const part of stream) {
+  for await (const part of bodyStream(req)) {
     size += (part as Buffer).length;
     if (size > limit) throw new ApiError('EntityTooLarge', `The body exceeds ${limit} bytes.`);
     parts.push(part as Buffer);
   }
   return Buffer.concat(parts, size);
 }
+
+const SNAPSHOT_ID = /^s-[A-Za-z0-9]{1,64}$/;
 
 export function internalRoutes(deps: InternalRouteDeps) {
   return (app: FastifyInstance): void => {
@@ -47,38 +58,54 @@ export function internalRoutes(deps: InternalRouteDeps) {
         url,
         handler: async (req, reply) => {
           authenticate({ method: req.method, rawUrl: req.raw.url ?? req.url, headers: req.headers }, deps.services, deps.now());
-          const result = await handler(req, req.params as Record<string, string>);
+          const params = req.params as Record<string, string>;
+          if (params.id !== undefined && !SNAPSHOT_ID.test(params.id)) throw new ApiError('BadRequest', `${JSON.stringify(params.id)} is not a snapshot id.`);
+          const result = await handler(req, params);
+          // Drain an unread body so keep-alive connections stay usable.
+          bodyStream(req).resume();
           return reply.code(200).header('content-type', 'application/json; charset=utf-8').send(JSON.stringify(result ?? {}));
         },
       });
     };
 
+    // Reserve (idempotent; also the source's keep-alive for a copy waiting in its queue).
     route('PUT', '/internal/v1/snapshots/:id', async (req, p) => {
       const json = await readJsonBody(bodyStream(req), true);
       const sizeInGB = json.sizeInGB;
-      if (typeof sizeInGB !== 'number' || !Number.isInteger(sizeInGB) || sizeInGB < 1) throw new ApiError('InappropriateJSON', 'sizeInGB must be a positive integer.');
+      if (typeof sizeInGB !== 'number' || !Number.isInteger(sizeInGB) || sizeInGB < 1 || sizeInGB > MAX_DISK_GB) {
+        throw new ApiError('InappropriateJSON', `sizeInGB must be an integer from 1 to ${MAX_DISK_GB}.`);
+      }
       await deps.incoming.reserve(p.id!, {
         accountId: reqString(json, 'accountId'), name: reqString(json, 'name'), desc: typeof json.desc === 'string' ? json.desc : '',
         sizeInGB, storageType: reqString(json, 'storageType'), sourceRegion: reqString(json, 'sourceRegion'), sourceSnapshotId: reqString(json, 'sourceSnapshotId'),
       });
     });
-    route('PUT', '/internal/v1/snapshots/:id/manifest', async (req, p) => ({
-      manifestId: await deps.incoming.receiveManifest(p.id!, await readRaw(bodyStream(req), 256 << 20)),
-    }));
-    route('POST', '/internal/v1/chunks/missing', async (req) => {
+    // The manifest plan: {manifestId, size, parts: [part sha256...]} -> {manifestId, missingParts: [index...]}.
+    route('POST', '/internal/v1/snapshots/:id/manifest', async (req, p) => {
+      const json = await readJsonBody(bodyStream(req), true);
+      const { manifestId, size, parts } = json;
+      if (typeof manifestId !== 'string') throw new ApiError('InappropriateJSON', 'manifestId must be a string.');
+      if (typeof size !== 'number') throw new ApiError('InappropriateJSON', 'size must be a number.');
+      if (!Array.isArray(parts) || parts.some((x) => typeof x !== 'string')) throw new ApiError('InappropriateJSON', 'parts must be an array of part ids.');
+      return deps.incoming.planManifest(p.id!, manifestId, size, parts as string[]);
+    });
+    route('PUT', '/internal/v1/snapshots/:id/manifest/parts/:partId', async (req, p) => {
+      await deps.incoming.receiveManifestPart(p.id!, p.partId!, await readRaw(req, deps.manifestPartMaxBytes));
+    });
+    route('POST', '/internal/v1/snapshots/:id/chunks/missing', async (req, p) => {
       const json = await readJsonBody(bodyStream(req), true);
       const ids = json.ids;
       if (!Array.isArray(ids) || ids.length > 10_000 || ids.some((x) => typeof x !== 'string')) throw new ApiError('InappropriateJSON', 'ids must be an array of at most 10000 chunk ids.');
-      return { missing: await deps.incoming.missing(ids as string[]) };
+      return { missing: await deps.incoming.missing(p.id!, ids as string[]) };
     });
-    route('PUT', '/internal/v1/chunks/:id', async (req, p) => {
-      const body = await readRaw(bodyStream(req), deps.chunkSize + (deps.chunkSize >> 4) + 4096);
+    route('PUT', '/internal/v1/snapshots/:id/chunks/:chunkId', async (req, p) => {
+      const body = await readRaw(req, deps.chunkSize + (deps.chunkSize >> 4) + 4096);
       const encoding = String(req.headers[deps.chunkEncodingHeader] ?? 'raw');
-      await deps.incoming.receiveChunk(p.id!, body, encoding);
+      await deps.incoming.receiveChunk(p.id!, p.chunkId!, body, encoding);
     });
     route('PUT', '/internal/v1/snapshots/:id/progress', async (req, p) => {
       const json = await readJsonBody(bodyStream(req), true);
-      if (typeof json.progress !== 'number') throw new ApiError('InappropriateJSON', 'progress must be a number.');
+      if (typeof json.progress !== 'number' || !Number.isFinite(json.progress)) throw new ApiError('InappropriateJSON', 'progress must be a number.');
       await deps.incoming.progress(p.id!, json.progress);
     });
     route('POST', '/internal/v1/snapshots/:id/commit', async (_req, p) => deps.incoming.commit(p.id!));
@@ -88,5 +115,6 @@ export function internalRoutes(deps: InternalRouteDeps) {
     });
     route('POST', '/internal/v1/admin/scrub', async () => deps.admin.scrub());
     route('POST', '/internal/v1/admin/gc', async () => deps.admin.gc());
+    route('POST', '/internal/v1/admin/check', async () => deps.admin.check());
   };
 }

@@ -5,6 +5,7 @@
  * (the range then reads as zeros).
  */
 import type { FastifyInstance } from 'fastify';
+import { pipeline } from 'node:stream/promises';
 import { ApiError } from '../domain/errors.ts';
 import { DATA_PIECE, type VolumeDataService } from '../services/volume-data-service.ts';
 import { queryString } from './query-input.ts';
@@ -31,7 +32,9 @@ export function parseRange(header: string | undefined, size: number): { start: n
 
 export function volumeDataRoutes(app: FastifyInstance, env: RouteEnv, data: VolumeDataService): void {
   bccRoute(app, env, ['GET'], '/v2/volume/:id/data', async ({ ctx, params, req, reply }) => {
-    const disk = await data.openForRead(ctx, params.id!);
+    // Held until the last byte is sent: the disk is not closed under the stream.
+    using held = await data.openForRead(ctx, params.id!);
+    const disk = held.disk;
     const range = parseRange(req.headers.range, disk.size);
     const start = range?.start ?? 0;
     const end = range?.end ?? disk.size - 1;
@@ -43,14 +46,13 @@ export function volumeDataRoutes(app: FastifyInstance, env: RouteEnv, data: Volu
     if (range) reply.raw.setHeader('content-range', `bytes ${start}-${end}/${disk.size}`);
     reply.hijack();
     try {
-      for (let at = start; at <= end; at += DATA_PIECE) {
-        const piece = await disk.read(at, Math.min(DATA_PIECE, end + 1 - at));
-        if (!reply.raw.write(piece)) await new Promise<void>((resolve, reject) => {
-          reply.raw.once('drain', resolve);
-          reply.raw.once('close', () => reject(new Error('client went away')));
-        });
-      }
-      reply.raw.end();
+      // A pipeline, not a hand-made write/drain loop: it waits for 'drain' with one listener for the
+      // whole response (a 'close' listener per wait piled up on slow readers), reads the next piece
+      // only once the response has drained (memory stays about one piece per response), and stops
+      // reading when the client goes away.
+      await pipeline(async function* () {
+        for (let at = start; at <= end; at += DATA_PIECE) yield await disk.read(at, Math.min(DATA_PIECE, end + 1 - at));
+      }, reply.raw);
     } catch {
       // Headers are sent: the only honest signal left is a cut connection (a short body).
       reply.raw.destroy();

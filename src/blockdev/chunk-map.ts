@@ -17,19 +17,39 @@
  * memory and written out at capture and close, never one fsync per write. Two things are synced
  * before a write lands: the map's "in use" mark (once per open) and the generation of the newest
  * write (once per generation, so once per snapshot). A map found in use at open was not closed
- * cleanly (a crash), so its entries may under-report: every chunk is then taken as written in the
- * newest written generation and as possibly holding data. That costs one full read at the next
- * snapshot (unless nothing was written since the last one) and is always correct; it also tells an
- * interrupted snapshot capture whether the disk changed after it froze. The one state a crash must never lose
- * is "trimmed" (forgetting it would resurrect old bytes), so transitions into and out of it are
+ * cleanly (a crash), so its entries may under-report. The one state a crash must never lose is
+ * "trimmed" (forgetting it would resurrect old bytes), so transitions into and out of it are
  * written and synced before the data write they describe.
+ *
+ * The unclean-open rule, bounded by what is allocated. At an unclean open the caller names the
+ * chunk ranges that may hold writes the map does not know of: the chunks of every segment file
+ * that exists (see segmented-image.ts; a layout-1 disk is one segment that always exists). Every
+ * chunk in those ranges that is not trimmed is taken as written in the newest written generation
+ * and as possibly holding data; every other chunk keeps its saved entry. Why that is sound: a write
+ * creates its segment file before any byte of it lands, so a segment that does not exist never
+ * received a write the map could have missed (after a process crash the file is there; after a
+ * power loss that lost the file's name, the write's bytes are gone too and the saved entry still
+ * describes what the disk reads). Saved entries never claim more than the image holds durably for a
+ * generation a snapshot froze, because a capture flushes the image before it advances the
+ * generation (disk.ts) and a restore flushes before it resets the map. What it costs: one read of
+ * each touched segment's chunks at the next snapshot (unless nothing was written since the last
+ * one), instead of every chunk of the disk. It also tells an interrupted snapshot capture whether
+ * the disk changed after it froze. Rejected: `stat().blocks > 0` instead of "the file exists": it
+ * depends on how each filesystem counts delayed allocation, and existence never under-reports.
+ *
+ * Memory and I/O stay proportional to what changed, not to the disk: entries are saved by dirty
+ * 4 KiB page (1024 entries; with 1 MiB chunks one page is one 1 GiB segment), a new map is a sparse
+ * file (entries 0 are holes, nothing is written), and the entries are read and written as the
+ * host's little-endian memory without a per-entry conversion.
  *
  * Rejected alternative: an fdatasync of the map before every first write to a chunk. Measured at
  * about 2 s per GiB of sequential writes on this machine's disks; it bought nothing the unclean-open
  * rule does not give.
  */
+import { endianness } from 'node:os';
 import { open, type FileHandle } from 'node:fs/promises';
 import { Coalesced } from '../lib/coalesced.ts';
+import { ChunkSet } from './chunk-set.ts';
 
 const MAGIC = Buffer.from('SFCMAP01', 'latin1');
 const VERSION = 1;
@@ -37,8 +57,20 @@ const HEADER = 32;
 const ALLOCATED = 0x8000_0000;
 const TRIMMED = 0x4000_0000;
 const GEN_MASK = 0x3fff_ffff;
+/** Entries per dirty-tracking page: 4 KiB of the file. */
+const PAGE_ENTRIES = 1024;
+/** Entries copied and written per write call: bounds the copy buffer to 4 MiB. */
+const WRITE_SLICE_ENTRIES = 1 << 20;
+
+// The file format is little-endian and the entries are copied to and from it as raw memory.
+// Every platform Node supports for this service (x86-64, arm64) is little-endian; refuse the rest
+// loudly rather than corrupt maps.
+if (endianness() !== 'LE') throw new Error('chunk maps need a little-endian host');
 
 export type ChunkState = 'data' | 'hole' | 'trimmed';
+
+/** Inclusive chunk ranges that may hold writes the map does not know of (see the unclean-open rule). */
+export type ChunkRanges = ReadonlyArray<readonly [first: number, last: number]>;
 
 export class ChunkMapFormatError extends Error {
   override name = 'ChunkMapFormatError';
@@ -46,7 +78,8 @@ export class ChunkMapFormatError extends Error {
 
 export class ChunkMap {
   private readonly syncer: Coalesced;
-  private dirtyRange: [number, number] | null = null;
+  /** Pages (of PAGE_ENTRIES entries) changed in memory since they were last written out. */
+  private dirty: ChunkSet;
   private inUse = true;
   /** The newest written generation as it stands on disk. */
   private durableLastWritten: number;
@@ -60,19 +93,31 @@ export class ChunkMap {
   ) {
     this.syncer = new Coalesced(() => this.writeOut());
     this.durableLastWritten = lastWritten;
+    this.dirty = new ChunkSet(pageCount(entries.length));
   }
 
-  /** Creates an empty map (every chunk a hole, generation 1) and leaves it open. */
+  /** Creates an empty map (every chunk a hole, generation 1) and leaves it open. Allocates nothing on disk. */
   static async create(path: string, chunkSize: number, chunkCount: number): Promise<ChunkMap> {
     const fh = await open(path, 'w+');
-    const map = new ChunkMap(fh, chunkSize, new Uint32Array(chunkCount), 1, 0);
-    await fh.write(map.header(), 0, HEADER, 0);
-    await fh.write(Buffer.alloc(chunkCount * 4), 0, chunkCount * 4, HEADER);
-    await fh.sync();
-    return map;
+    try {
+      const map = new ChunkMap(fh, chunkSize, new Uint32Array(chunkCount), 1, 0);
+      // Entries 0 are holes of a sparse file: a 32765 GB disk's 128 MiB map costs no blocks.
+      await fh.truncate(HEADER + chunkCount * 4);
+      await fh.write(map.header(), 0, HEADER, 0);
+      await fh.sync();
+      return map;
+    } catch (e) {
+      await fh.close();
+      throw e;
+    }
   }
 
-  static async open(path: string): Promise<ChunkMap> {
+  /**
+   * Opens a map. When it was not closed cleanly, the chunks in `mayHoldWrites` (default: all; a
+   * function gets the map's chunk size) are taken as written (the unclean-open rule in the file
+   * comment).
+   */
+  static async open(path: string, mayHoldWrites?: ChunkRanges | ((chunkSize: number) => ChunkRanges)): Promise<ChunkMap> {
     const fh = await open(path, 'r+');
     try {
       const header = Buffer.alloc(HEADER);
@@ -85,22 +130,20 @@ export class ChunkMap {
       const generation = header.readUInt32LE(20);
       const unclean = header.readUInt32LE(24) !== 0;
       const lastWritten = header.readUInt32LE(28);
-      const body = Buffer.alloc(count * 4);
-      const { bytesRead } = await fh.read(body, 0, body.length, HEADER);
-      if (bytesRead !== body.length) throw new ChunkMapFormatError(`${path}: truncated chunk map`);
       const entries = new Uint32Array(count);
-      for (let i = 0; i < count; i++) entries[i] = body.readUInt32LE(i * 4);
-      if (unclean) {
-        // Not closed cleanly: any chunk may have been written, up to the newest written generation,
-        // after the map was last saved. Trimmed entries are always saved before they take effect.
-        for (let i = 0; i < count; i++) {
-          const e = entries[i]!;
-          if (!(e & TRIMMED)) entries[i] = ALLOCATED | Math.max(e & GEN_MASK, lastWritten);
-        }
+      const bytes = Buffer.from(entries.buffer, entries.byteOffset, entries.byteLength);
+      let done = 0;
+      while (done < bytes.length) {
+        const { bytesRead } = await fh.read(bytes, done, bytes.length - done, HEADER + done);
+        if (bytesRead === 0) throw new ChunkMapFormatError(`${path}: truncated chunk map`);
+        done += bytesRead;
       }
       const map = new ChunkMap(fh, chunkSize, entries, generation, lastWritten);
+      if (unclean) {
+        const ranges = typeof mayHoldWrites === 'function' ? mayHoldWrites(chunkSize) : (mayHoldWrites ?? [[0, count - 1]]);
+        map.takeAsWritten(ranges, lastWritten);
+      }
       // Durably "in use" before any write can land: a crash from here on is recognised at next open.
-      if (unclean) map.dirtyRange = [0, count - 1];
       await map.syncer.run();
       return map;
     } catch (e) {
@@ -128,6 +171,14 @@ export class ChunkMap {
 
   isTrimmed(index: number): boolean {
     return (this.entries[index]! & TRIMMED) !== 0;
+  }
+
+  /** The chunks whose generation is newer than `generation`: what a snapshot on that base must read. */
+  changedSince(generation: number): ChunkSet {
+    const out = new ChunkSet(this.entries.length);
+    const e = this.entries;
+    for (let i = 0; i < e.length; i++) if ((e[i]! & GEN_MASK) > generation) out.add(i);
+    return out;
   }
 
   /**
@@ -162,24 +213,36 @@ export class ChunkMap {
     return ended;
   }
 
-  /** Resets every entry to generation 0 with the given state (after a restore). Durable on return. */
+  /**
+   * Resets every entry to generation 0 with the given state (after a restore). Durable on return.
+   * Only entries that change are written out: a restore onto a fresh sparse disk writes the pages
+   * of its data chunks, not the whole map.
+   */
   async resetAll(state: (index: number) => ChunkState): Promise<void> {
-    for (let i = 0; i < this.entries.length; i++) {
+    const e = this.entries;
+    for (let i = 0; i < e.length; i++) {
       const s = state(i);
-      this.entries[i] = s === 'data' ? ALLOCATED : s === 'trimmed' ? TRIMMED : 0;
+      const v = s === 'data' ? ALLOCATED : s === 'trimmed' ? TRIMMED : 0;
+      if (e[i] !== v) {
+        e[i] = v;
+        this.markDirty(i);
+      }
     }
-    this.dirtyRange = [0, this.entries.length - 1];
     await this.syncer.run();
   }
 
   /** Grows the map to `chunkCount` entries (new chunks are holes). Durable on return. */
   async grow(chunkCount: number): Promise<void> {
     if (chunkCount < this.entries.length) throw new RangeError('a chunk map only grows');
+    if (chunkCount === this.entries.length) return;
     const bigger = new Uint32Array(chunkCount);
     bigger.set(this.entries);
-    const oldCount = this.entries.length;
+    // The new entries are holes of the file, before the header names them.
+    await this.fh.truncate(HEADER + chunkCount * 4);
+    const dirty = new ChunkSet(pageCount(chunkCount));
+    for (const p of this.dirty) dirty.add(p);
     this.entries = bigger;
-    if (chunkCount > oldCount) this.dirtyRange = [Math.min(this.dirtyRange?.[0] ?? oldCount, oldCount), chunkCount - 1];
+    this.dirty = dirty;
     await this.syncer.run();
   }
 
@@ -190,8 +253,24 @@ export class ChunkMap {
     await this.fh.close();
   }
 
+  private takeAsWritten(ranges: ChunkRanges, lastWritten: number): void {
+    const e = this.entries;
+    for (const [first, last] of ranges) {
+      for (let i = Math.max(0, first); i <= Math.min(last, e.length - 1); i++) {
+        const had = e[i]!;
+        // Trimmed entries are always saved before they take effect.
+        if (had & TRIMMED) continue;
+        const v = ALLOCATED | Math.max(had & GEN_MASK, lastWritten);
+        if (v !== had) {
+          e[i] = v;
+          this.markDirty(i);
+        }
+      }
+    }
+  }
+
   private markDirty(i: number): void {
-    this.dirtyRange = this.dirtyRange ? [Math.min(this.dirtyRange[0], i), Math.max(this.dirtyRange[1], i)] : [i, i];
+    this.dirty.add(Math.floor(i / PAGE_ENTRIES));
   }
 
   private header(): Buffer {
@@ -207,14 +286,17 @@ export class ChunkMap {
   }
 
   private async writeOut(): Promise<void> {
-    const range = this.dirtyRange;
-    this.dirtyRange = null;
+    const pages = this.dirty;
+    this.dirty = new ChunkSet(pageCount(this.entries.length));
     try {
-      if (range) {
-        const [a, b] = range;
-        const buf = Buffer.alloc((b - a + 1) * 4);
-        for (let i = a; i <= b; i++) buf.writeUInt32LE(this.entries[i]!, (i - a) * 4);
-        await this.fh.write(buf, 0, buf.length, HEADER + a * 4);
+      for (const [a, b] of entryRuns(pages, this.entries.length)) {
+        for (let at = a; at < b; at += WRITE_SLICE_ENTRIES) {
+          // A copy, taken synchronously: the entries keep changing while the write is in flight, and
+          // an entry changed after the copy is marked dirty again.
+          const slice = Buffer.from(this.entries.slice(at, Math.min(b, at + WRITE_SLICE_ENTRIES)).buffer);
+          let done = 0;
+          while (done < slice.length) done += (await this.fh.write(slice, done, slice.length - done, HEADER + at * 4 + done)).bytesWritten;
+        }
       }
       // Entries before the header: a clean-close mark never lands ahead of the entries it vouches for.
       if (!this.inUse) await this.fh.datasync();
@@ -223,8 +305,28 @@ export class ChunkMap {
       await this.fh.datasync();
       this.durableLastWritten = lastWritten;
     } catch (e) {
-      if (range) this.dirtyRange = this.dirtyRange ? [Math.min(this.dirtyRange[0], range[0]), Math.max(this.dirtyRange[1], range[1])] : range;
+      for (const p of pages) this.dirty.add(p);
       throw e;
     }
   }
+}
+
+function pageCount(entries: number): number {
+  return Math.ceil(entries / PAGE_ENTRIES);
+}
+
+/** Consecutive dirty pages as half-open entry ranges [a, b). */
+function* entryRuns(pages: ChunkSet, entries: number): IterableIterator<[number, number]> {
+  let start = -1;
+  let end = -1;
+  for (const p of pages) {
+    if (p === end) {
+      end = p + 1;
+      continue;
+    }
+    if (start >= 0) yield [start * PAGE_ENTRIES, Math.min(entries, end * PAGE_ENTRIES)];
+    start = p;
+    end = p + 1;
+  }
+  if (start >= 0) yield [start * PAGE_ENTRIES, Math.min(entries, end * PAGE_ENTRIES)];
 }

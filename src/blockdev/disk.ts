@@ -1,6 +1,6 @@
 /**
- * A disk: a sparse file holding its bytes plus a ChunkMap recording which chunks changed in which
- * generation. Implements BlockTarget for block clients (NBD) and the HTTP data routes.
+ * A disk: its bytes in segment files (SegmentedImage) plus a ChunkMap recording which chunks changed
+ * in which generation. Implements BlockTarget for block clients (NBD) and the HTTP data routes.
  *
  * Point-in-time snapshots under concurrent writes: `beginCapture` freezes the set of chunks a
  * snapshot must read (no write is half-way at that instant: writes pass a gate the freeze closes).
@@ -8,9 +8,10 @@
  * old bytes to the capture (copy-on-write), then proceeds. Per-chunk locks order a capture's read of
  * a chunk against writes to that chunk.
  */
-import { open, type FileHandle } from 'node:fs/promises';
 import { BlockIoError, type BlockTarget, type Extent } from './block-target.ts';
 import type { ChunkMap } from './chunk-map.ts';
+import type { ChunkSet, ReadonlyChunkSet } from './chunk-set.ts';
+import type { SegmentedImage } from './segmented-image.ts';
 import { KeyedMutex } from '../lib/keyed-mutex.ts';
 import { RwLock } from '../lib/rw-lock.ts';
 
@@ -21,8 +22,11 @@ export interface CaptureSink {
 }
 
 export interface Capture {
-  /** Chunk indexes changed since the base generation, ascending: what the snapshot must read. */
-  readonly changed: number[];
+  /**
+   * Chunk indexes changed since the base generation (iterates ascending): what the snapshot must
+   * read. A bitmap, not an array or Set: the largest disk has more chunks than V8's Set can hold.
+   */
+  readonly changed: ReadonlyChunkSet;
   /** Generation the snapshot describes; becomes the disk's base generation when it completes. */
   readonly generation: number;
   /** Reads frozen chunk `index` unless a write already preserved it through the sink (then null). */
@@ -34,22 +38,32 @@ export interface Capture {
 export class Disk implements BlockTarget {
   private readonly locks = new KeyedMutex<number>();
   private readonly gate = new RwLock();
-  private capture: { pending: Set<number>; sink: CaptureSink } | null = null;
+  private capture: { pending: ChunkSet; sink: CaptureSink } | null = null;
   private captureQueue: Promise<void> = Promise.resolve();
+  private capturesQueued = 0;
 
   constructor(
     readonly id: string,
-    private readonly fh: FileHandle,
+    private readonly image: SegmentedImage,
     readonly map: ChunkMap,
-    private sizeBytes: number,
-  ) {}
-
-  static async open(id: string, imagePath: string, map: ChunkMap, size: number): Promise<Disk> {
-    return new Disk(id, await open(imagePath, 'r+'), map, size);
+  ) {
+    if (map.chunkCount !== Math.ceil(image.size / map.chunkSize)) {
+      throw new RangeError(`disk ${id}: the chunk map has ${map.chunkCount} chunks, the image ${image.size} bytes`);
+    }
   }
 
   get size(): number {
-    return this.sizeBytes;
+    return this.image.size;
+  }
+
+  /** A capture is running or waiting: the disk must stay open. */
+  get capturing(): boolean {
+    return this.capturesQueued > 0;
+  }
+
+  /** Segment file handles open now. */
+  get openSegments(): number {
+    return this.image.openHandles;
   }
 
   get chunkSize(): number {
@@ -139,7 +153,7 @@ export class Disk implements BlockTarget {
 
   async flush(): Promise<void> {
     try {
-      await this.fh.datasync();
+      await this.image.flush();
     } catch (e) {
       throw new BlockIoError(`flush failed: ${(e as Error).message}`);
     }
@@ -164,20 +178,43 @@ export class Disk implements BlockTarget {
 
   /**
    * Freezes the chunks changed since `baseGeneration` for a snapshot. One capture at a time per disk:
-   * a second waits until the first ends.
+   * a second waits until the first ends. A failure here releases the queue (else every later
+   * snapshot of the disk would wait forever).
+   *
+   * The image is flushed before the generation advances: every chunk whose generation a snapshot
+   * freezes is then durable in the image, which the chunk map's unclean-open rule relies on (a
+   * saved entry at or below a base generation must not outlive its bytes in a power loss). It is
+   * flushed once outside the gate (the bulk, while writes continue) and once inside (what landed in
+   * between, usually nothing).
    */
   async beginCapture(baseGeneration: number, sink: CaptureSink): Promise<Capture> {
     let releaseQueue!: () => void;
     const previous = this.captureQueue;
     this.captureQueue = new Promise<void>((r) => (releaseQueue = r));
-    await previous;
-    const frozen = await this.gate.exclusive(async () => {
-      const generation = await this.map.advanceGeneration();
-      const changed: number[] = [];
-      for (let i = 0; i < this.map.chunkCount; i++) if (this.map.generationOf(i) > baseGeneration) changed.push(i);
-      this.capture = { pending: new Set(changed), sink };
-      return { generation, changed };
-    });
+    this.capturesQueued++;
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      this.capture = null;
+      this.capturesQueued--;
+      releaseQueue();
+    };
+    let frozen: { generation: number; changed: ChunkSet };
+    try {
+      await previous;
+      await this.flush();
+      frozen = await this.gate.exclusive(async () => {
+        await this.flush();
+        const generation = await this.map.advanceGeneration();
+        const changed = this.map.changedSince(baseGeneration);
+        this.capture = { pending: changed.clone(), sink };
+        return { generation, changed };
+      });
+    } catch (e) {
+      release();
+      throw e;
+    }
     let ended = false;
     return {
       changed: frozen.changed,
@@ -187,13 +224,12 @@ export class Disk implements BlockTarget {
       end: () => {
         if (ended) return;
         ended = true;
-        this.capture = null;
-        releaseQueue();
+        release();
       },
     };
   }
 
-  /** A chunk's bytes straight from the file, zeros when it is not allocated. */
+  /** A chunk's bytes straight from the image, zeros when it is not allocated. */
   async readChunkBytes(index: number): Promise<Buffer> {
     const length = this.chunkLength(index);
     if (!this.map.isAllocated(index)) return Buffer.alloc(length);
@@ -207,19 +243,30 @@ export class Disk implements BlockTarget {
     await this.writeFile(data, index * this.chunkSize);
   }
 
-  /** Grows the disk. The map grows with it; the caller marks chunks as needed. */
+  /**
+   * Grows the disk: the layout first (its size is the commit point), then the map, whose new chunks
+   * are holes. A crash between the two leaves a map shorter than the layout, which the disk manager
+   * grows at the next open (the new chunks cannot have been written).
+   */
   async grow(newSize: number): Promise<void> {
-    if (newSize < this.sizeBytes) throw new RangeError('a disk only grows');
+    if (newSize < this.size) throw new RangeError('a disk only grows');
     await this.gate.exclusive(async () => {
-      await this.fh.truncate(newSize);
+      await this.image.grow(newSize);
       await this.map.grow(Math.ceil(newSize / this.chunkSize));
-      this.sizeBytes = newSize;
     });
   }
 
+  /** Flushes the image, saves the map with a clean-close mark, closes every file. */
   async close(): Promise<void> {
-    await this.fh.close();
-    await this.map.close();
+    try {
+      await this.image.flush();
+    } finally {
+      try {
+        await this.map.close();
+      } finally {
+        await this.image.close();
+      }
+    }
   }
 
   /** Copy-on-write: hands the old bytes of frozen, not yet captured chunks to the capture. Caller holds the chunk locks. */
@@ -247,28 +294,16 @@ export class Disk implements BlockTarget {
   }
 
   private async readFileInto(buf: Buffer, at: number, length: number, position: number): Promise<void> {
-    let done = 0;
     try {
-      while (done < length) {
-        const { bytesRead } = await this.fh.read(buf, at + done, length - done, position + done);
-        if (bytesRead === 0) {
-          buf.fill(0, at + done, at + length); // past the physical end of a sparse file: zeros
-          return;
-        }
-        done += bytesRead;
-      }
+      await this.image.read(buf, at, length, position);
     } catch (e) {
       throw new BlockIoError(`read failed: ${(e as Error).message}`);
     }
   }
 
   private async writeFile(data: Buffer, position: number): Promise<void> {
-    let done = 0;
     try {
-      while (done < data.length) {
-        const { bytesWritten } = await this.fh.write(data, done, data.length - done, position + done);
-        done += bytesWritten;
-      }
+      await this.image.write(data, position);
     } catch (e) {
       throw new BlockIoError(`write failed: ${(e as Error).message}`);
     }

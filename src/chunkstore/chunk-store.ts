@@ -3,17 +3,29 @@
  * is the lower-case hex SHA-256 of its plain bytes, computed by the caller.
  *
  * Contract (test/helpers/chunkstore-contract.ts, run against every implementation):
- * - `put(id, data)` stores `data` under `id` if absent. Idempotent: a second put of the same id is a
+ * - `put(id, data)` stores `data` under `id` if absent. Idempotent: a put of an id already held is a
  *   no-op that still resolves. Resolves `true` when this call stored the blob, `false` when the store
- *   already held it (so a caller learns about dedup without a separate `has`). The implementation verifies sha256(data) === id and throws
- *   `ChunkIntegrityError` otherwise (nothing is stored). After `put` resolves the blob is visible to
- *   `get`/`has`; it is durable only after `sync()` resolves (implementations group their fsyncs there).
+ *   already held it (so a caller learns about dedup without a separate `has`). Either way the blob's
+ *   **last-used time** becomes now: a put is a use, and garbage collection never deletes a blob used
+ *   after its cutoff (docs/design.md, invariant GC-2). The implementation verifies sha256(data) === id
+ *   and throws `ChunkIntegrityError` otherwise (nothing is stored). After `put` resolves the blob is
+ *   visible to `get`/`has`; it is durable only after a `sync()` (of the store, or of the writer it
+ *   went through) resolves: implementations group their fsyncs there.
  * - `get(id)` returns the plain bytes, re-hashed: bytes whose hash differs from `id` are never
  *   returned, `ChunkIntegrityError` is thrown instead. A missing id throws `ChunkNotFoundError`.
- * - `has(ids)` returns the subset of `ids` that are present (no hashing: a presence check).
- * - `delete(id)` removes a blob; deleting a missing id is not an error.
- * - `list()` yields every stored id with its stored size, in no particular order.
- * - `sync()` makes every put that resolved before it durable (fsync of data and directory entries).
+ * - `has(ids)` returns the subset of `ids` that are present (no hashing, no use recorded).
+ * - `touch(ids)` is `has` for a caller that will rely on the blobs it finds (a copy told "you need
+ *   not send these"): the present ones also get last-used = now, atomically with respect to
+ *   `deleteIfUnusedSince` of the same id (a blob is either reported present and kept, or deleted and
+ *   reported absent, never reported present and then deleted by a GC that was already past it).
+ * - `delete(id)` removes a blob unconditionally (scrub of a damaged blob); a missing id is no error.
+ * - `deleteIfUnusedSince(id, cutoffMs)` is garbage collection's delete: it removes the blob only when
+ *   its last-used time is before `cutoffMs` and it is not waiting to be synced, atomically with
+ *   respect to put/touch of the same id. Resolves true when it deleted.
+ * - `list()` yields every stored id with its size and last-used time, in no particular order.
+ * - `writer()` gives a ChunkWriter: puts whose durability one caller waits for (see below).
+ * - `sync()` makes every put that resolved before it durable; it rejects when any of them could not
+ *   be made durable (callers on the data path use a writer instead, whose sync fails only for its own).
  * - Ids that are not 64 lower-case hex characters throw `RangeError`.
  */
 export interface ChunkStore {
@@ -26,8 +38,34 @@ export interface ChunkStore {
   putHashed(id: string, data: Buffer): Promise<boolean>;
   get(id: string): Promise<Buffer>;
   has(ids: readonly string[]): Promise<Set<string>>;
+  touch(ids: readonly string[]): Promise<Set<string>>;
   delete(id: string): Promise<void>;
-  list(): AsyncIterable<{ id: string; size: number; mtimeMs: number }>;
+  deleteIfUnusedSince(id: string, cutoffMs: number): Promise<boolean>;
+  list(): AsyncIterable<StoredBlob>;
+  writer(): ChunkWriter;
+  sync(): Promise<void>;
+}
+
+export interface StoredBlob {
+  id: string;
+  size: number;
+  /** When the blob was last put or touched (ms since the epoch). */
+  lastUsedMs: number;
+}
+
+/**
+ * One caller's puts (a capture, one incoming copy...). `sync()` resolves once every blob put through
+ * this writer, or found already stored but not yet durable by one of its puts, is durable; it rejects
+ * with `ChunksLostError` naming only those of its own blobs that could not be made durable (a failed
+ * fsync: they are gone from the store and must be put again). Another caller's failure never fails
+ * it (failure isolation: docs/design.md, invariant CS-3). A writer may be synced many times (a long
+ * capture or copy syncs in bounded batches); each sync covers the puts since the previous one.
+ */
+export interface ChunkWriter {
+  put(id: string, data: Buffer): Promise<boolean>;
+  putHashed(id: string, data: Buffer): Promise<boolean>;
+  /** Bytes put through this writer (stored or found pending) that are not yet known durable. */
+  readonly unsyncedBytes: number;
   sync(): Promise<void>;
 }
 
@@ -45,6 +83,14 @@ export class ChunkIntegrityError extends Error {
     readonly actual: string,
   ) {
     super(`chunk ${id} is damaged: its bytes hash to ${actual}`);
+  }
+}
+
+/** A writer's blobs that could not be made durable (their fsync failed); they are no longer stored. */
+export class ChunksLostError extends Error {
+  override name = 'ChunksLostError';
+  constructor(readonly ids: string[]) {
+    super(`${ids.length} chunk(s) could not be made durable and must be put again: ${ids.slice(0, 5).join(', ')}${ids.length > 5 ? ', ...' : ''}`);
   }
 }
 

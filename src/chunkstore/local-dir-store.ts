@@ -2,30 +2,35 @@
  * `ChunkStore` on a local directory.
  *
  * Layout: `root/ab/<64-hex id>` where `ab` is the first two hex characters of the id (256 fan-out
- * directories, created on open), and `root/.tmp/` for chunks that are put but not yet synced.
+ * directories, created on open), and `root/.tmp/` for blobs that are put but not yet synced.
  *
- * Crash safety:
+ * Crash safety (invariant CS-1: a file under its final name is always whole and durable):
  * - `put` verifies the hash, writes the bytes to a new temp file `root/.tmp/<id>.<nonce>` without
  *   fsync and records it as pending. From then on `get`/`has`/`list` see it (reads go to the temp
  *   file).
  * - `sync` fsyncs the pending temp files (in parallel, bounded), renames each one to its final name
- *   only after its own fsync succeeded, then fsyncs each touched fan-out directory once.
- * - So a file under its final name is always complete and its bytes durable; a crash loses only
- *   pending temp files, and `open` deletes whatever is left in `.tmp/`.
+ *   only after its own fsync succeeded, then fsyncs each touched fan-out directory once; only then
+ *   is the blob durable. A crash loses only pending temp files, which `open` deletes.
  * - A failed write (ENOSPC, EIO...) removes the temp file and rejects the put: nothing is stored.
- * - A failed fsync rejects the sync and drops the affected chunks (temp file deleted, no longer
- *   visible): after a failed fsync the page cache may no longer hold what was written, so the bytes
- *   are not trusted. Such a chunk is "lost": every later `sync()` rejects with `ChunksLostError`
- *   until it is put again (or deleted), because another caller's put of the same id may have been
- *   a no-op that relied on it (dedup), and that caller's sync must not report it durable.
+ * - A failed fsync drops the affected blob (temp file deleted, no longer visible): after a failed
+ *   fsync the page cache may no longer hold what was written, so the bytes are not trusted. The
+ *   writers that put it, or relied on it while it was pending (dedup), fail their next `sync` with
+ *   `ChunksLostError`; nobody else does (invariant CS-3: a failed fsync fails only the operations
+ *   whose bytes it touched). A later put of the same id stores it afresh.
+ *
+ * Last-used time (garbage collection's clock, invariant GC-2) is the file's mtime: a put that finds
+ * the blob already stored, and `touch`, set it to now. `deleteIfUnusedSince` and those uses of one
+ * id are serialised by a per-id lock, so a GC cannot delete a blob between "it is here" and "its
+ * mtime is now". One process per data dir (a kernel lock, see lib/data-dir-lock.ts) makes that lock
+ * sufficient.
  *
  * Reads: `get` opens the file, reads it whole with one read into a buffer of the file's size and
  * re-hashes it; bytes whose hash differs from the id are never returned (`ChunkIntegrityError`).
  *
  * Limits: one store instance per root directory at a time (open clears `.tmp/`, which would delete
- * another live instance's pending chunks). The caller must not modify a buffer passed to `put`
+ * another live instance's pending blobs). The caller must not modify a buffer passed to `put`
  * until the put settles. A final file that exists with the right size is trusted by `put` (no
- * re-read); a scrubber that finds a damaged chunk should `delete` it and put it again. A final file
+ * re-read); a scrubber that finds a damaged blob should `delete` it and put it again. A final file
  * whose size differs from the data being put is treated as damaged and replaced at the next sync.
  */
 import { KeyedMutex } from '../lib/keyed-mutex.ts';
@@ -39,23 +44,11 @@ import {
   assertChunkId,
   ChunkIntegrityError,
   ChunkNotFoundError,
+  ChunksLostError,
   type ChunkStore,
+  type ChunkWriter,
+  type StoredBlob,
 } from './chunk-store.ts';
-
-/**
- * Thrown by `sync()` while chunks that were put are gone because their fsync failed (see the file
- * comment). Put them again (or delete them) to clear it; reopening the store also clears it.
- */
-export class ChunksLostError extends Error {
-  override name = 'ChunksLostError';
-  constructor(readonly ids: string[]) {
-    super(
-      `${ids.length} chunk(s) were lost to a failed fsync and must be put again before a sync can succeed: ${ids
-        .slice(0, 5)
-        .join(', ')}${ids.length > 5 ? ', ...' : ''}`,
-    );
-  }
-}
 
 export type Hasher = (data: Buffer) => string | Promise<string>;
 
@@ -79,10 +72,14 @@ export interface LocalDirStoreOptions {
   faultHook?: (op: FaultPoint, path: string) => void | Promise<void>;
 }
 
+/** A blob put but not yet durable. Writers keep a reference to learn how its sync went. */
 interface Pending {
+  id: string;
   tmpPath: string;
   size: number;
-  mtimeMs: number;
+  lastUsedMs: number;
+  /** pending until renamed and its directory synced; lost when its fsync failed (it is gone). */
+  state: 'pending' | 'durable' | 'lost';
 }
 
 const HEX = '0123456789abcdef';
@@ -107,8 +104,8 @@ export class LocalDirChunkStore implements ChunkStore {
   private readonly locks = new KeyedMutex<string>();
   /** Fan-out directories with a removed entry since the last sync (fsynced at the next sync). */
   private readonly dirtyDirs = new Set<string>();
-  /** Chunks dropped after a failed fsync, not put again or deleted since (see ChunksLostError). */
-  private readonly lost = new Set<string>();
+  /** Blobs renamed into a fan-out directory whose fsync has not succeeded yet, by directory. */
+  private readonly awaitingDirSync = new Map<string, Pending[]>();
   private syncRunning: Promise<void> | null = null;
   private syncQueued: Promise<void> | null = null;
   private tmpCounter = 0;
@@ -155,33 +152,46 @@ export class LocalDirChunkStore implements ChunkStore {
     return join(this.root, id.slice(0, 2), id);
   }
 
-  /** Ids of chunks lost to a failed fsync and not put again or deleted since. */
-  get lostChunks(): string[] {
-    return [...this.lost];
-  }
-
   /** Number of chunks put but not yet synced. */
   get pendingCount(): number {
     return this.pending.size;
   }
 
   async put(id: string, data: Buffer): Promise<boolean> {
-    assertChunkId(id);
-    const actual = await this.hasher(data);
-    if (actual !== id) throw new ChunkIntegrityError(id, actual);
-    return this.putHashed(id, data);
+    return (await this.store(id, data, true)).stored;
   }
 
   async putHashed(id: string, data: Buffer): Promise<boolean> {
+    return (await this.store(id, data, false)).stored;
+  }
+
+  writer(): ChunkWriter {
+    return new LocalDirWriter(this, (id, data, verify) => this.store(id, data, verify));
+  }
+
+  /**
+   * put/putHashed. `pending` is the not-yet-durable entry the caller now depends on (its own, or one
+   * it found), null when the blob is already durable under its final name.
+   */
+  private async store(id: string, data: Buffer, verify: boolean): Promise<{ stored: boolean; pending: Pending | null }> {
     assertChunkId(id);
+    if (verify) {
+      const actual = await this.hasher(data);
+      if (actual !== id) throw new ChunkIntegrityError(id, actual);
+    }
     return this.withLock(id, async () => {
-      if (this.pending.has(id)) return false;
+      const now = Date.now();
+      const found = this.pending.get(id);
+      if (found) {
+        found.lastUsedMs = now;
+        return { stored: false, pending: found };
+      }
       const finalPath = this.finalPath(id);
       try {
         const st = await fsp.stat(finalPath);
         if (st.isFile() && st.size === data.length) {
-          this.lost.delete(id);
-          return false;
+          await this.markUsed(finalPath, now);
+          return { stored: false, pending: null };
         }
         // Wrong size (or not a file): damaged; store a fresh copy that sync renames over it.
       } catch (err) {
@@ -189,10 +199,57 @@ export class LocalDirChunkStore implements ChunkStore {
       }
       const tmpPath = join(this.tmpDir, `${id}.${this.tmpPrefix}.${(this.tmpCounter++).toString(36)}`);
       await this.writeNewFile(tmpPath, data);
-      this.pending.set(id, { tmpPath, size: data.length, mtimeMs: Date.now() });
-      this.lost.delete(id);
+      const entry: Pending = { id, tmpPath, size: data.length, lastUsedMs: now, state: 'pending' };
+      this.pending.set(id, entry);
+      return { stored: true, pending: entry };
+    });
+  }
+
+  async touch(ids: readonly string[]): Promise<Set<string>> {
+    for (const id of ids) assertChunkId(id);
+    const present = new Set<string>();
+    await mapLimit([...new Set(ids)], this.statConcurrency, (id) =>
+      this.withLock(id, async () => {
+        const now = Date.now();
+        const p = this.pending.get(id);
+        if (p) {
+          p.lastUsedMs = now;
+          present.add(id);
+        } else if (await this.markUsed(this.finalPath(id), now)) {
+          present.add(id);
+        }
+      }),
+    );
+    return present;
+  }
+
+  async deleteIfUnusedSince(id: string, cutoffMs: number): Promise<boolean> {
+    assertChunkId(id);
+    return this.withLock(id, async () => {
+      if (this.pending.has(id)) return false; // being written right now: in use by definition
+      const finalPath = this.finalPath(id);
+      let st;
+      try {
+        st = await fsp.stat(finalPath);
+      } catch (err) {
+        if (isCode(err, 'ENOENT')) return false;
+        throw err;
+      }
+      if (!st.isFile() || st.mtimeMs >= cutoffMs) return false;
+      if (await unlinkIfExists(finalPath)) this.dirtyDirs.add(id.slice(0, 2));
       return true;
     });
+  }
+
+  /** Sets a final file's mtime (its last-used time) to `now`; false when the file is not there. */
+  private async markUsed(finalPath: string, now: number): Promise<boolean> {
+    try {
+      await fsp.utimes(finalPath, now / 1000, now / 1000);
+      return true;
+    } catch (err) {
+      if (isCode(err, 'ENOENT') || isCode(err, 'ENOTDIR')) return false;
+      throw err;
+    }
   }
 
   async get(id: string): Promise<Buffer> {
@@ -271,21 +328,22 @@ export class LocalDirChunkStore implements ChunkStore {
   async delete(id: string): Promise<void> {
     assertChunkId(id);
     await this.withLock(id, async () => {
-      this.lost.delete(id);
       const p = this.pending.get(id);
       if (p) {
         this.pending.delete(id);
+        p.state = 'lost'; // a writer that relied on it must not report it durable
         await unlinkIfExists(p.tmpPath);
       }
       if (await unlinkIfExists(this.finalPath(id))) this.dirtyDirs.add(id.slice(0, 2));
     });
   }
 
-  async *list(): AsyncIterable<{ id: string; size: number; mtimeMs: number }> {
+  async *list(): AsyncIterable<StoredBlob> {
+    // Pending blobs first; the directory walk below skips them (`pending` is small: bounded batches).
     const yielded = new Set<string>();
     for (const [id, p] of [...this.pending]) {
       yielded.add(id);
-      yield { id, size: p.size, mtimeMs: p.mtimeMs };
+      yield { id, size: p.size, lastUsedMs: p.lastUsedMs };
     }
     for (const a of HEX) {
       for (const b of HEX) {
@@ -298,11 +356,11 @@ export class LocalDirChunkStore implements ChunkStore {
           throw err;
         }
         const ids = names.filter((n) => ID_RE.test(n) && n.startsWith(dir) && !yielded.has(n));
-        const found: Array<{ id: string; size: number; mtimeMs: number }> = [];
+        const found: StoredBlob[] = [];
         await mapLimit(ids, this.statConcurrency, async (id) => {
           try {
             const st = await fsp.stat(join(this.root, dir, id));
-            if (st.isFile()) found.push({ id, size: st.size, mtimeMs: st.mtimeMs });
+            if (st.isFile()) found.push({ id, size: st.size, lastUsedMs: st.mtimeMs });
           } catch (err) {
             if (!isCode(err, 'ENOENT')) throw err;
           }
@@ -337,38 +395,42 @@ export class LocalDirChunkStore implements ChunkStore {
   }
 
   private async runSync(): Promise<void> {
-    const entries = [...this.pending];
+    const entries = [...this.pending.values()];
     const dirs = new Set<string>(this.dirtyDirs);
     this.dirtyDirs.clear();
+    for (const d of this.awaitingDirSync.keys()) dirs.add(d);
     const errors: unknown[] = [];
-    await mapLimit(entries, this.syncConcurrency, async ([id, p]) => {
+    await mapLimit(entries, this.syncConcurrency, async (p) => {
       try {
         await this.fsyncFile(p.tmpPath);
       } catch (err) {
         // Deleted or replaced meanwhile: nothing to make durable.
-        if (this.pending.get(id) !== p) return;
-        // The bytes are not trustworthy after a failed fsync: drop the chunk.
-        await this.withLock(id, async () => {
-          if (this.pending.get(id) === p) {
-            this.pending.delete(id);
-            this.lost.add(id);
+        if (this.pending.get(p.id) !== p) return;
+        // The bytes are not trustworthy after a failed fsync: drop the blob (CS-3: its writers learn).
+        await this.withLock(p.id, async () => {
+          if (this.pending.get(p.id) === p) {
+            this.pending.delete(p.id);
+            p.state = 'lost';
             await unlinkIfExists(p.tmpPath).catch(() => false);
           }
         });
         errors.push(err);
         return;
       }
-      await this.withLock(id, async () => {
-        if (this.pending.get(id) !== p) return; // deleted meanwhile
-        const finalPath = this.finalPath(id);
+      await this.withLock(p.id, async () => {
+        if (this.pending.get(p.id) !== p) return; // deleted meanwhile
         try {
-          await this.renameIntoPlace(p.tmpPath, finalPath);
+          await this.renameIntoPlace(p.tmpPath, this.finalPath(p.id));
         } catch (err) {
           errors.push(err);
           return; // stays pending (its temp file is intact); a later sync retries
         }
-        this.pending.delete(id);
-        dirs.add(id.slice(0, 2));
+        this.pending.delete(p.id);
+        const dir = p.id.slice(0, 2);
+        dirs.add(dir);
+        const waiting = this.awaitingDirSync.get(dir);
+        if (waiting) waiting.push(p);
+        else this.awaitingDirSync.set(dir, [p]);
       });
     });
     await mapLimit([...dirs], this.syncConcurrency, async (d) => {
@@ -376,11 +438,13 @@ export class LocalDirChunkStore implements ChunkStore {
         await this.hook('dirsync', join(this.root, d));
         await fsyncDir(join(this.root, d));
       } catch (err) {
-        this.dirtyDirs.add(d); // retried at the next sync
+        this.dirtyDirs.add(d); // retried at the next sync; its blobs stay not yet durable
         errors.push(err);
+        return;
       }
+      for (const p of this.awaitingDirSync.get(d) ?? []) p.state = 'durable';
+      this.awaitingDirSync.delete(d);
     });
-    if (errors.length === 0 && this.lost.size > 0) throw new ChunksLostError([...this.lost]);
     if (errors.length === 1) throw errors[0];
     if (errors.length > 1) throw new AggregateError(errors, `chunk store sync failed (${errors.length} errors)`);
   }
@@ -456,7 +520,62 @@ export class LocalDirChunkStore implements ChunkStore {
   private withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
     return this.locks.run([id], fn);
   }
+}
 
+/**
+ * A writer over a LocalDirChunkStore: remembers the pending entries its puts depend on, and after a
+ * store sync checks exactly those (CS-3). Memory is one reference per blob put since the last sync:
+ * callers sync in bounded batches.
+ */
+class LocalDirWriter implements ChunkWriter {
+  private deps = new Set<Pending>();
+  private bytes = 0;
+
+  constructor(
+    private readonly owner: LocalDirChunkStore,
+    private readonly storeBlob: (id: string, data: Buffer, verify: boolean) => Promise<{ stored: boolean; pending: Pending | null }>,
+  ) {}
+
+  get unsyncedBytes(): number {
+    return this.bytes;
+  }
+
+  put(id: string, data: Buffer): Promise<boolean> {
+    return this.track(this.storeBlob(id, data, true));
+  }
+
+  putHashed(id: string, data: Buffer): Promise<boolean> {
+    return this.track(this.storeBlob(id, data, false));
+  }
+
+  async sync(): Promise<void> {
+    const mine = this.deps;
+    this.deps = new Set();
+    this.bytes = 0;
+    if (mine.size === 0) return;
+    let storeError: unknown = null;
+    // Two passes at most: a rename or directory fsync that failed once is retried by the next sync.
+    for (let pass = 0; pass < 2; pass++) {
+      try {
+        await this.owner.sync();
+      } catch (err) {
+        storeError = err; // maybe someone else's blob: judged below by our own entries only
+      }
+      if ([...mine].every((p) => p.state !== 'pending')) break;
+    }
+    const lost = [...mine].filter((p) => p.state === 'lost').map((p) => p.id);
+    if (lost.length > 0) throw new ChunksLostError(lost);
+    if ([...mine].some((p) => p.state === 'pending')) throw storeError ?? new Error('chunk store sync did not make every blob durable');
+  }
+
+  private async track(put: Promise<{ stored: boolean; pending: Pending | null }>): Promise<boolean> {
+    const { stored, pending } = await put;
+    if (pending && !this.deps.has(pending)) {
+      this.deps.add(pending);
+      this.bytes += pending.size;
+    }
+    return stored;
+  }
 }
 
 async function unlinkIfExists(path: string): Promise<boolean> {

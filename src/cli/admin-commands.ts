@@ -2,6 +2,7 @@
  * Operator commands, signed with the regions' service credential (not a tenant's keys):
  *   snapferry scrub   re-hash every chunk and manifest of a region, remove and report damaged ones
  *   snapferry gc      collect chunks and manifests no snapshot or disk references (after the grace period)
+ *   snapferry check   integrity check of a region: metadata, manifests, chunks, disk files (exit 3 on problems)
  * The secret comes from SNAPFERRY_REGION_SECRET, or from <data-dir>/credentials.json with --data-dir.
  */
 import { readFileSync } from 'node:fs';
@@ -26,15 +27,17 @@ function regionSecret(flags: AdminFlags): string {
   }
 }
 
-async function adminCall(flags: AdminFlags, action: 'scrub' | 'gc', human: (r: any) => string): Promise<void> {
+async function adminCall(flags: AdminFlags, action: 'scrub' | 'gc' | 'check', human: (r: any) => string): Promise<void> {
   const endpoint = flags.endpoint ?? process.env.SNAPFERRY_ENDPOINT ?? 'http://127.0.0.1:8801';
   let client: BceClient | null = null;
   try {
     // The key id names a region; which one does not matter to the server, only the secret does.
-    client = new BceClient(endpoint, { accessKeyId: `snapferry-region-${flags.region ?? 'bj'}`, secretAccessKey: regionSecret(flags) });
+    // A scrub or check of a large region answers only when it is done: wait for it (up to 6 h).
+    client = new BceClient(endpoint, { accessKeyId: `snapferry-region-${flags.region ?? 'bj'}`, secretAccessKey: regionSecret(flags) }, { headersTimeoutMs: 6 * 3600_000 });
     const result = await client.json({ method: 'POST', path: `/internal/v1/admin/${action}` });
     process.stdout.write(flags.json ? JSON.stringify(result, null, 2) + '\n' : human(result) + '\n');
     if (action === 'scrub' && ((result as any).damagedChunks.length > 0 || (result as any).damagedManifests.length > 0)) process.exitCode = 3;
+    if (action === 'check' && (result as any).problems.length > 0) process.exitCode = 3;
   } catch (e) {
     process.stderr.write(`error: ${e instanceof BceError ? `${e.code}: ` : ''}${(e as Error).message}\n`);
     process.exitCode = 1;
@@ -64,4 +67,14 @@ export function adminCommands(program: Command): void {
 
   common(program.command('gc').description('collect unreferenced chunks and manifests now'))
     .action((o: AdminFlags) => adminCall(o, 'gc', (r) => `deleted ${r.chunksDeleted} chunks (${r.bytesFreed} bytes) and ${r.manifestsDeleted} manifests; kept ${r.chunksKept} chunks`));
+
+  common(program.command('check').description('integrity check of a region: metadata, manifests, chunks and disk files; changes nothing (exit code 3 on problems)'))
+    .action((o: AdminFlags) =>
+      adminCall(o, 'check', (r) =>
+        [
+          `checked ${r.snapshotsChecked} snapshots, ${r.manifestsChecked} manifests, ${r.chunksChecked} chunks (${r.bytesChecked} bytes), ${r.volumesChecked} disks in ${(r.durationMs / 1000).toFixed(1)} s`,
+          r.problems.length ? `PROBLEMS (${r.problems.length}):\n  ${r.problems.join('\n  ')}` : 'no problems found',
+        ].join('\n'),
+      ),
+    );
 }

@@ -36,6 +36,7 @@ export const ERROR_CATALOG = {
   ChunksMissing: { status: 409, message: 'The destination lacks chunks the manifest names; send them, then commit again.' },
   ChunkTooLarge: { status: 413, message: 'The chunk is larger than the chunk size of this region.' },
   InvalidManifest: { status: 400, message: 'The manifest cannot be decoded or does not fit this region.' },
+  ManifestMissing: { status: 409, message: 'The destination holds no manifest for this copy; send the manifest, then commit again.' },
   // Ours
   IntegrityError: { status: 500, message: 'Stored data failed its integrity check; it was not served.' },
   InternalError: { status: 500, message: 'We encountered an internal error. Please try again.' },

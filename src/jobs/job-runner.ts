@@ -20,7 +20,13 @@ export interface RetryPolicy {
   /** First backoff; doubles per attempt up to maxDelayMs, with +-20 % jitter. */
   initialDelayMs: number;
   maxDelayMs: number;
-  /** A job still failing this long after it was enqueued fails for good. */
+  /**
+   * A job that fails when it has made no progress for this long fails for good. Counted from the
+   * job's last progress (`JobRecord.progressedAt`: its first claim, then every `saveProgress`), not
+   * from the enqueue: a copy that runs for days while making progress is never failed by its first
+   * transient error, and time spent queued behind a concurrency cap does not count. Handlers that
+   * run long must `saveProgress` when they make progress (the copy job does at least every 30 s).
+   */
   deadlineMs: number;
 }
 
@@ -142,9 +148,14 @@ export class JobRunner {
     const handler = this.handlers.get(job.kind)!;
     const abort = new AbortController();
     const renew = setInterval(() => {
-      void this.opts.jobs.renewLease(job.id, this.owner, this.now() + this.leaseMs).then((ok) => {
-        if (!ok) abort.abort(new Error('lease lost'));
-      });
+      void this.opts.jobs.renewLease(job.id, this.owner, this.now() + this.leaseMs).then(
+        (ok) => {
+          if (!ok) abort.abort(new Error('lease lost'));
+        },
+        // A store that is briefly unreachable must not crash the process (an unhandled rejection
+        // ends Node 20); the next renewal tries again, and the lease protects the job meanwhile.
+        (err) => this.opts.log('warn', 'could not renew a job lease', { jobId: job.id, err: String(err) }),
+      );
     }, Math.max(1000, this.leaseMs / 3));
     renew.unref();
     const control: JobControl = {
@@ -173,7 +184,7 @@ export class JobRunner {
         // Shutting down or lease lost: not the job's fault; it resumes on the next start.
         return;
       }
-      const pastDeadline = this.now() - job.createdAt > handler.retry.deadlineMs;
+      const pastDeadline = this.now() - (await this.lastProgress(job)) > handler.retry.deadlineMs;
       if (err instanceof PermanentJobError || pastDeadline) {
         this.opts.log('error', 'job failed for good', { jobId: job.id, kind: job.kind, key: job.key, attempts: job.attempts, reason });
         await handler.onPermanentFailure(job, reason);
@@ -186,6 +197,12 @@ export class JobRunner {
     } catch (settleErr) {
       this.opts.log('error', 'could not record job failure', { jobId: job.id, err: String(settleErr) });
     }
+  }
+
+  /** When the job last made progress, read back from the store (saveProgress moved it since the claim). */
+  private async lastProgress(job: JobRecord): Promise<number> {
+    const stored = await this.opts.jobs.get(job.id);
+    return stored?.progressedAt ?? job.progressedAt ?? job.createdAt;
   }
 }
 

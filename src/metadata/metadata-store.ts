@@ -63,6 +63,13 @@ export interface SnapshotRepository {
   delete(id: string): Promise<void>;
   /** Every manifest id a snapshot record points at (a garbage-collection root). */
   manifestIds(): Promise<string[]>;
+  /**
+   * `update(id, patch, ['Creating'])` that takes effect only while the GC hold `holdId` is live at
+   * `now`, checked in the same transaction (invariant GC-3: a writer whose hold lapsed, and which a
+   * garbage collection may therefore have ignored, can never publish what it wrote).
+   * Returns the updated snapshot, or null (not Creating, or the hold lapsed).
+   */
+  publishUnderHold(id: string, patch: Partial<Omit<Snapshot, 'id' | 'accountId'>>, holdId: string, now: number): Promise<Snapshot | null>;
   /** Records that an incoming copy heard from its source at `at`. */
   touch(id: string, at: number): Promise<void>;
   /** Incoming copies (sourceRegion set) still Creating whose last sign of life is older than `before`. */
@@ -111,6 +118,11 @@ export interface JobRecord {
   progress: unknown;
   createdAt: number;
   updatedAt: number;
+  /**
+   * When the job last made progress: its first claim, then every `saveProgress`. Retry deadlines
+   * count from here, not from the enqueue (a long copy fails only after a deadline without progress).
+   */
+  progressedAt: number | null;
 }
 
 export interface JobRepository {
@@ -125,6 +137,7 @@ export interface JobRepository {
    */
   claim(kinds: string[], owner: string, now: number, leaseMs: number, groupLimit: (group: string) => number): Promise<JobRecord | null>;
   renewLease(id: number, owner: string, until: number): Promise<boolean>;
+  /** Persists the job's own progress and sets `progressedAt` to now. */
   saveProgress(id: number, progress: unknown): Promise<void>;
   /** Back to queued after a transient failure. */
   retryLater(id: number, owner: string, runAfter: number, error: string): Promise<void>;
@@ -149,11 +162,71 @@ export interface DiskBaseRepository {
   manifestIds(): Promise<string[]>;
 }
 
+/**
+ * GC holds: the durable in-flight roots of writers whose manifest is not known until they finish (a
+ * snapshot capture). While a hold is live, garbage collection deletes no blob last used after the
+ * hold's start minus the grace period (invariant GC-2). A hold is leased: its owner renews it; one
+ * that lapsed is dead for good (renew refuses), and its owner can no longer publish (GC-3).
+ * Rules live here, in the metadata store, so they hold across processes sharing a region.
+ */
+export interface GcHoldRepository {
+  /** Opens a hold that lives until `now + leaseMs` unless renewed. `startedAt` is `now`. */
+  open(purpose: string, now: number, leaseMs: number): Promise<{ id: string; startedAt: number }>;
+  /** Extends a live hold to `now + leaseMs`; false (and no change) when it has lapsed or is closed. */
+  renew(id: string, now: number, leaseMs: number): Promise<boolean>;
+  close(id: string): Promise<void>;
+  /** Start of the oldest hold live at `now`, or null when none is. */
+  oldestLiveStart(now: number): Promise<number | null>;
+  /** Forgets holds that lapsed before `cutoff`. */
+  purgeLapsedBefore(cutoff: number): Promise<number>;
+  /**
+   * Closes every hold, whoever opened it. Only for a store that one process uses alone (SQLite): at
+   * its start no writer of an earlier life can still be running. Elsewhere holds lapse by lease.
+   */
+  closeAll(): Promise<number>;
+}
+
+/**
+ * The chunk index of an object-store chunk store: one row per (namespace, blob id) with a state, a
+ * last-used time and an epoch token. The contract, and the protocol that makes it safe, are in
+ * src/chunkstore/chunk-index.ts (`ChunkIndex`) and src/chunkstore/s3-store.ts; this is the same
+ * interface, declared again because metadata may not import chunkstore (test/chunkstore-s3.test.ts
+ * checks at compile time that the two stay interchangeable). Every method is one atomic step.
+ */
+export interface ChunkIndexRepository {
+  beginPut(namespace: string, id: string, now: number): Promise<string | null>;
+  markUsed(namespace: string, id: string, epoch: string, size: number, now: number): Promise<boolean>;
+  present(namespace: string, ids: readonly string[], touchAt?: number): Promise<Set<string>>;
+  claimForDelete(namespace: string, id: string, options: { cutoffMs: number; now: number; staleClaimBeforeMs: number; force?: boolean }): Promise<string | null>;
+  forget(namespace: string, id: string, epoch: string): Promise<void>;
+  list(namespace: string): AsyncIterable<ChunkIndexRow>;
+  sync(): Promise<void>;
+}
+
+export interface ChunkIndexRow {
+  id: string;
+  state: 'storing' | 'present' | 'deleting';
+  size: number;
+  lastUsedMs: number;
+  claimedAtMs: number | null;
+}
+
 export interface MetadataStore {
   readonly volumes: VolumeRepository;
   readonly snapshots: SnapshotRepository;
   readonly idempotency: IdempotencyRepository;
   readonly jobs: JobRepository;
   readonly diskBases: DiskBaseRepository;
+  readonly gcHolds: GcHoldRepository;
+  /** For a region whose chunks live in an object store (S3); absent where the store does not keep one. */
+  readonly chunkIndex?: ChunkIndexRepository;
+  /**
+   * The store's own consistency (SQLite: `PRAGMA integrity_check` and `foreign_key_check`) and the
+   * cross-row rules that hold at every instant, crash or not: an Available snapshot names a manifest,
+   * a running job is leased, a disk base belongs to an existing disk... One line per problem; [] when
+   * sound. Read-only; safe while the region serves (services/region-integrity.ts adds the rules that
+   * need the chunk store and the disks).
+   */
+  integrityCheck(): Promise<string[]>;
   close(): Promise<void>;
 }

@@ -1,22 +1,30 @@
 /**
  * The copy job: sends one snapshot to one destination region. Runs in the source region.
  *
- *   reserve -> manifest -> for each batch of distinct chunk ids: ask which are missing, send those
- *   (zstd where it pays, re-sent if the destination finds them damaged) -> commit.
+ *   reserve -> manifest (in content-addressed parts, only those the destination lacks) -> for each
+ *   batch of distinct chunk ids: ask which are missing, send those (zstd where it pays, re-sent if
+ *   the destination finds them damaged) -> commit (on ChunksMissing walk again, on ManifestMissing
+ *   send the manifest again, a bounded number of rounds).
  *
  * Every step is idempotent, so resuming after a crash of either side is the same loop run again:
- * "which do you lack" makes the rerun cheap. The destination re-hashes every chunk before keeping
- * it and checks that every chunk is present (and durable) before it turns the copy Available.
+ * "which do you lack" makes the rerun cheap. The destination syncs what it receives in bounded
+ * batches, so a crash there costs at most one batch per copy; it re-hashes every chunk before
+ * keeping it and checks that every chunk is present and durable before it turns the copy Available.
+ *
+ * Progress: the job saves it (which also moves the job's retry deadline, counted from the last
+ * progress) only when more bytes are confirmed than any attempt confirmed before, at most every
+ * PROGRESS_EVERY_MS and at least every PROGRESS_AT_LEAST_EVERY_MS while that is the case.
  */
+import { createHash } from 'node:crypto';
 import { compress } from 'zstd-napi';
 import { ChunkIntegrityError, ChunkNotFoundError, type ChunkStore } from '../chunkstore/chunk-store.ts';
-import type { JobHandler, RetryPolicy } from '../jobs/job-runner.ts';
+import type { JobControl, JobHandler, RetryPolicy } from '../jobs/job-runner.ts';
 import { PermanentJobError } from '../jobs/job-runner.ts';
 import { mapLimit } from '../lib/map-limit.ts';
 import type { JobRecord } from '../metadata/metadata-store.ts';
 import type { Manifest } from '../repository/manifest.ts';
 import { COPY_JOB, type CopyPayload } from './copy-payload.ts';
-import { isTransient, type PeerClient } from './peer-client.ts';
+import { errorCode, isTransient, MANIFEST_PART_MAX_BYTES, type PeerClient } from './peer-client.ts';
 import type { ReplicationMetrics } from './replication-metrics.ts';
 
 export interface CopyJobDeps {
@@ -27,6 +35,10 @@ export interface CopyJobDeps {
   metrics: ReplicationMetrics;
   retry: RetryPolicy;
   log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void;
+  /** Ids per "which do you lack" round trip (default MISSING_BATCH; tests use fewer). */
+  missingBatch?: number;
+  /** Size of the manifest parts sent (default and maximum MANIFEST_PART_MAX_BYTES; tests use less). */
+  manifestPartBytes?: number;
 }
 
 /** Ids asked about per "which do you lack" round trip. */
@@ -36,10 +48,19 @@ export const SENDS_PER_COPY = 8;
 /** Send compressed only when the compressed size is below this fraction of the raw size. */
 const COMPRESSION_WORTH = 0.9;
 const COMPRESSION_SAMPLE = 64 * 1024;
-const RESENDS_ON_DAMAGE = 3;
+/** Sends of one chunk (or manifest part) the destination found damaged, before the attempt fails. */
+export const SENDS_ON_DAMAGE = 3;
+/** Progress reports (each a durable write on both sides) at most this often... */
 const PROGRESS_EVERY_MS = 250;
+/** ...and, while bytes are being confirmed, at least this often even if the percent did not move (a 32 TiB copy moves 1 % in ~an hour). */
+const PROGRESS_AT_LEAST_EVERY_MS = 30_000;
+/** Manifest plan rounds (parts may vanish at the destination between plan and upload, e.g. a GC) and commit rounds per attempt. */
+const MANIFEST_ROUNDS = 3;
+const COMMIT_ROUNDS = 3;
 
 export function copyJob(deps: CopyJobDeps): JobHandler {
+  const missingBatch = deps.missingBatch ?? MISSING_BATCH;
+  const partBytes = Math.min(deps.manifestPartBytes ?? MANIFEST_PART_MAX_BYTES, MANIFEST_PART_MAX_BYTES);
   return {
     kind: COPY_JOB,
     retry: deps.retry,
@@ -48,47 +69,30 @@ export function copyJob(deps: CopyJobDeps): JobHandler {
       const peer = deps.peer(p.destRegion);
       if (!peer) throw new PermanentJobError(`region ${p.destRegion} is no longer a peer of this region`);
       const signal = control.signal;
+      const labels = { destination: p.destRegion };
       try {
-        const manifestBytes = await deps.manifests.get(p.manifestId);
+        // The manifest's bytes are held only until the destination has recorded it; the decoded
+        // manifest (the same size again) is what the walk uses.
+        let manifestBytes: Buffer | null = await deps.manifests.get(p.manifestId);
         const manifest = deps.decodeManifest(manifestBytes);
         await peer.reserve(p.destSnapshotId, p.reserve, signal);
-        await peer.putManifest(p.destSnapshotId, manifestBytes, signal);
+        await sendManifest(peer, p, manifestBytes, partBytes, labels, deps, signal);
+        manifestBytes = null;
 
-        // Walked in batches: memory stays bounded however large the snapshot. A chunk that repeats
-        // across batches is found present the second time and counted as confirmed.
-        const total = manifest.nonZeroBytes;
-        let confirmed = 0;
-        // Progress goes to the destination (and the job record) at most every PROGRESS_EVERY_MS:
-        // each report is a durable database write on both sides.
-        let lastReported = -1;
-        let lastReportAt = 0;
-        const report = async (): Promise<void> => {
-          const percent = total === 0 ? 99 : Math.min(99, Math.floor((confirmed * 100) / total));
-          if (percent === lastReported || Date.now() - lastReportAt < PROGRESS_EVERY_MS) return;
-          lastReported = percent;
-          lastReportAt = Date.now();
-          await peer.progress(p.destSnapshotId, percent, signal);
-          await control.saveProgress({ percent, confirmedBytes: confirmed, totalBytes: total });
-        };
-        const labels = { destination: p.destRegion };
-        for (const batch of manifest.chunkBatches(MISSING_BATCH)) {
-          signal.throwIfAborted();
-          const missing = new Set(await peer.missing(batch.map((c) => c.id), signal));
-          for (const c of batch) {
-            if (!missing.has(c.id)) {
-              confirmed += c.length;
-              deps.metrics.chunksSkipped.inc(1, labels);
-            }
+        const total = nonZeroBytes(manifest);
+        const progress = new ProgressReporter(total, job, control, peer, p.destSnapshotId);
+        for (let round = 1; ; round++) {
+          await sendMissingChunks(deps, peer, p.destSnapshotId, manifest, missingBatch, progress, labels, signal);
+          try {
+            await peer.commit(p.destSnapshotId, signal);
+            break;
+          } catch (e) {
+            const code = errorCode(e);
+            if (round >= COMMIT_ROUNDS || (code !== 'ChunksMissing' && code !== 'ManifestMissing')) throw e;
+            deps.log('warn', 'commit refused; sending what the destination lacks again', { destRegion: p.destRegion, destSnapshotId: p.destSnapshotId, code, message: (e as Error).message });
+            if (code === 'ManifestMissing') await sendManifest(peer, p, await deps.manifests.get(p.manifestId), partBytes, labels, deps, signal);
           }
-          await mapLimit(batch.filter((c) => missing.has(c.id)), SENDS_PER_COPY, async (c) => {
-            signal.throwIfAborted();
-            await sendChunk(deps, peer, c.id, labels, signal);
-            confirmed += c.length;
-            await report();
-          });
-          await report();
         }
-        await peer.commit(p.destSnapshotId, signal);
         deps.log('info', 'snapshot copied', { sourceSnapshotId: p.sourceSnapshotId, destRegion: p.destRegion, destSnapshotId: p.destSnapshotId, bytes: total });
       } catch (e) {
         if (e instanceof PermanentJobError) throw e;
@@ -110,26 +114,165 @@ export function copyJob(deps: CopyJobDeps): JobHandler {
   };
 }
 
-async function sendChunk(deps: CopyJobDeps, peer: PeerClient, id: string, labels: Record<string, string>, signal: AbortSignal): Promise<void> {
-  for (let attempt = 1; ; attempt++) {
+/**
+ * Delivers the manifest: proposes it as a list of part ids; the destination records it at once
+ * when it holds the manifest (or every part) already, else names the parts to upload. Memory: the
+ * manifest's bytes, which the caller holds anyway; parts are views into them.
+ */
+async function sendManifest(peer: PeerClient, p: CopyPayload, bytes: Buffer, partBytes: number, labels: Record<string, string>, deps: CopyJobDeps, signal: AbortSignal): Promise<void> {
+  const parts: Array<{ id: string; start: number; end: number }> = [];
+  for (let start = 0; start < bytes.length; start += partBytes) {
+    const end = Math.min(bytes.length, start + partBytes);
+    parts.push({ id: createHash('sha256').update(bytes.subarray(start, end)).digest('hex'), start, end });
+  }
+  for (let round = 1; ; round++) {
+    const answer = await peer.planManifest(p.destSnapshotId, p.manifestId, bytes.length, parts.map((x) => x.id), signal);
+    if (answer.missingParts.length === 0) return;
+    if (round > MANIFEST_ROUNDS) throw new Error(`the destination still lacks ${answer.missingParts.length} manifest part(s) after ${MANIFEST_ROUNDS} uploads`);
+    const wanted = new Map<string, (typeof parts)[number]>(); // identical parts (long uniform runs) go once
+    for (const i of answer.missingParts) {
+      const part = parts[i];
+      if (!part) throw new PermanentJobError(`${p.destRegion} asked for manifest parts that do not exist: ${answer.missingParts.join(',')}`);
+      wanted.set(part.id, part);
+    }
+    await mapLimit(wanted.values(), 2, async (part) => {
+      const body = bytes.subarray(part.start, part.end);
+      await withResends(deps, peer, part.id, labels, () => peer.putManifestPart(p.destSnapshotId, part.id, body, signal), () => {
+        deps.metrics.bytesSent.inc(body.length, labels);
+      });
+    });
+  }
+}
+
+/** One walk over the manifest: ask, send what is missing, report progress. */
+async function sendMissingChunks(deps: CopyJobDeps, peer: PeerClient, destSnapshotId: string, manifest: Manifest, batchSize: number, progress: ProgressReporter, labels: Record<string, string>, signal: AbortSignal): Promise<void> {
+  progress.restartWalk();
+  // Walked in batches: memory stays bounded however large the snapshot. A chunk that repeats
+  // across batches is found present the second time (the destination has it, at least pending).
+  for (const batch of copyBatches(manifest, batchSize)) {
+    signal.throwIfAborted();
+    const missing = new Set(await peer.missing(destSnapshotId, batch.map((c) => c.id), signal));
+    for (const c of batch) {
+      if (!missing.has(c.id)) {
+        progress.confirm(c.bytes);
+        deps.metrics.chunksSkipped.inc(1, labels);
+      }
+    }
+    await mapLimit(batch.filter((c) => missing.has(c.id)), SENDS_PER_COPY, async (c) => {
+      signal.throwIfAborted();
+      await sendChunk(deps, peer, destSnapshotId, c.id, labels, signal);
+      progress.confirm(c.bytes);
+      await progress.maybeReport(signal);
+    });
+    await progress.maybeReport(signal);
+  }
+}
+
+/**
+ * The non-zero chunks in manifest order, in batches of at most `size` distinct ids; `bytes` is what
+ * the id stands for in the snapshot (its length at every place in the batch's stretch where it
+ * appears), so confirmed bytes reach the snapshot's non-zero bytes exactly. A chunk repeated
+ * further away comes again in a later batch and is then found present. Memory: one batch.
+ */
+function* copyBatches(manifest: Manifest, size: number): IterableIterator<Array<{ id: string; bytes: number }>> {
+  let batch = new Map<string, { id: string; bytes: number }>();
+  for (const { index, id } of manifest.nonZeroChunks()) {
+    const length = manifest.chunkLength(index);
+    const seen = batch.get(id);
+    if (seen) {
+      seen.bytes += length;
+      continue;
+    }
+    batch.set(id, { id, bytes: length });
+    if (batch.size === size) {
+      yield [...batch.values()];
+      batch = new Map();
+    }
+  }
+  if (batch.size > 0) yield [...batch.values()];
+}
+
+async function sendChunk(deps: CopyJobDeps, peer: PeerClient, destSnapshotId: string, id: string, labels: Record<string, string>, signal: AbortSignal): Promise<void> {
+  let size = 0;
+  await withResends(deps, peer, id, labels, async () => {
     // Read (and re-hash) per attempt: bytes that went bad at the source are never sent.
-    const data = await deps.chunks.get(id);
-    const [body, encoding] = encodeForWire(data);
+    size = 0;
+    const [body, encoding] = encodeForWire(await deps.chunks.get(id));
+    size = body.length;
+    await peer.putChunk(destSnapshotId, id, body, encoding, signal);
+  }, () => deps.metrics.bytesSent.inc(size, labels));
+  deps.metrics.chunksSent.inc(1, labels);
+}
+
+/** Runs one upload, again when the destination found the bytes damaged in transit (SENDS_ON_DAMAGE sends in all). */
+async function withResends(deps: CopyJobDeps, peer: PeerClient, id: string, labels: Record<string, string>, send: () => Promise<void>, sent: () => void): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
     try {
-      await peer.putChunk(id, body, encoding, signal);
-      deps.metrics.bytesSent.inc(body.length, labels);
-      deps.metrics.chunksSent.inc(1, labels);
+      await send();
+      sent();
       return;
     } catch (e) {
-      deps.metrics.bytesSent.inc(body.length, labels);
-      if ((e as { code?: string }).code === 'ChunkDigestMismatch' && attempt < RESENDS_ON_DAMAGE) {
+      sent();
+      if (errorCode(e) === 'ChunkDigestMismatch' && attempt < SENDS_ON_DAMAGE) {
         deps.metrics.chunksResent.inc(1, labels);
-        deps.log('warn', 'destination found a chunk damaged in transit; resending', { id, destRegion: peer.region, attempt });
+        deps.log('warn', 'destination found an upload damaged in transit; resending', { id, destRegion: peer.region, attempt });
         continue;
       }
       throw e;
     }
   }
+}
+
+/**
+ * Bytes confirmed (sent, or found present; a repeated chunk counts at every place it appears) over
+ * the snapshot's non-zero bytes, so a finished walk is exactly 100 %. Across attempts the
+ * high-water mark is the job's saved progress: re-walking chunks an earlier attempt confirmed is not
+ * progress (a copy that fails at the same place every time must still reach its deadline).
+ */
+class ProgressReporter {
+  private confirmed = 0;
+  private highWater: number;
+  private lastPercent = -1;
+  private lastAt = 0;
+
+  constructor(
+    private readonly total: number,
+    job: JobRecord,
+    private readonly control: JobControl,
+    private readonly peer: PeerClient,
+    private readonly destSnapshotId: string,
+  ) {
+    const saved = (job.progress as { confirmedBytes?: unknown } | null)?.confirmedBytes;
+    this.highWater = typeof saved === 'number' ? saved : 0;
+  }
+
+  restartWalk(): void {
+    this.confirmed = 0;
+  }
+
+  confirm(bytes: number): void {
+    this.confirmed += bytes;
+  }
+
+  async maybeReport(signal: AbortSignal): Promise<void> {
+    if (this.confirmed <= this.highWater || this.total === 0) return;
+    const now = Date.now();
+    const percent = Math.min(99, Math.floor((this.confirmed * 100) / this.total));
+    if (now - this.lastAt < PROGRESS_EVERY_MS) return;
+    if (percent === this.lastPercent && now - this.lastAt < PROGRESS_AT_LEAST_EVERY_MS) return;
+    this.lastAt = now;
+    this.lastPercent = percent;
+    this.highWater = this.confirmed;
+    await this.peer.progress(this.destSnapshotId, percent, signal);
+    await this.control.saveProgress({ percent, confirmedBytes: this.confirmed, totalBytes: this.total });
+  }
+}
+
+/** Bytes of all non-zero chunks, in O(1): every chunk is chunkSize long but possibly the last. */
+function nonZeroBytes(m: Manifest): number {
+  if (m.chunkCount === 0) return 0;
+  const last = m.chunkCount - 1;
+  return m.nonZeroCount * m.chunkSize - (m.isZero(last) ? 0 : m.chunkSize - m.chunkLength(last));
 }
 
 /**

@@ -1,7 +1,9 @@
 /**
  * The source side of region-to-region replication: calls to one destination region's internal
- * endpoints, signed with the regions' service credential, over one keep-alive undici Pool so
- * chunk uploads are pipelined across a few connections.
+ * endpoints (docs/design.md "Remote copy" has the protocol), signed with the regions' service
+ * credential, over keep-alive undici pools: one for chunk and manifest-part uploads, one for the
+ * small control calls (reserve, missing, manifest, progress, commit), so a keep-alive or a
+ * "which do you lack" never waits behind bulk uploads.
  *
  * Errors are classified for the copy job: `isTransient` says whether retrying can help.
  */
@@ -17,11 +19,29 @@ export interface ReserveRequest {
   sourceSnapshotId: string;
 }
 
+/** What the destination answers to a manifest plan: the indexes of parts it still needs (none: recorded). */
+export interface ManifestPlanAnswer {
+  manifestId: string;
+  missingParts: number[];
+}
+
 export const CHUNK_ENCODING_HEADER = 'x-snapferry-chunk-encoding';
 export const SERVICE_KEY_PREFIX = 'snapferry-region-';
+/**
+ * Manifests travel in content-addressed parts of at most this many bytes (the body limit of a part
+ * upload at the destination). 32 MiB is a 1 TiB disk's manifest; the largest disk's (32765 GB) is
+ * about 1 GiB, 33 parts.
+ */
+export const MANIFEST_PART_MAX_BYTES = 32 << 20;
+/** Parts one manifest plan may list (a plan is a small JSON body; 4096 parts of 32 MiB is 128 GiB). */
+export const MANIFEST_MAX_PARTS = 4096;
+/** Uploads in flight per peer: 20 copies x 8 chunks each would want 160; these are shared by all copies to the peer. */
+const DATA_CONNECTIONS = 32;
+const CONTROL_CONNECTIONS = 4;
 
 export class PeerClient {
-  private readonly client: BceClient;
+  private readonly control: BceClient;
+  private readonly data: BceClient;
 
   constructor(
     readonly region: string,
@@ -30,51 +50,70 @@ export class PeerClient {
     regionSecret: string,
     options: { connections?: number } = {},
   ) {
-    this.client = new BceClient(endpoint, { accessKeyId: `${SERVICE_KEY_PREFIX}${fromRegion}`, secretAccessKey: regionSecret }, { connections: options.connections ?? 4, pipelining: 1 });
+    const credentials = { accessKeyId: `${SERVICE_KEY_PREFIX}${fromRegion}`, secretAccessKey: regionSecret };
+    this.control = new BceClient(endpoint, credentials, { connections: CONTROL_CONNECTIONS, pipelining: 1 });
+    this.data = new BceClient(endpoint, credentials, { connections: options.connections ?? DATA_CONNECTIONS, pipelining: 1 });
   }
 
+  /** Creates the destination's `Creating` record, or finds it (idempotent); also a keep-alive. */
   async reserve(destSnapshotId: string, req: ReserveRequest, signal?: AbortSignal): Promise<void> {
-    await this.client.json({ method: 'PUT', path: `/internal/v1/snapshots/${destSnapshotId}`, json: req, signal });
+    await this.control.json({ method: 'PUT', path: `/internal/v1/snapshots/${destSnapshotId}`, json: req, signal });
   }
 
-  async putManifest(destSnapshotId: string, manifest: Buffer, signal?: AbortSignal): Promise<void> {
-    await this.client.json({ method: 'PUT', path: `/internal/v1/snapshots/${destSnapshotId}/manifest`, body: manifest, headers: { 'content-type': 'application/octet-stream' }, signal });
+  /**
+   * Proposes the manifest `manifestId` of `size` bytes as the concatenation of `parts` (their
+   * sha256 ids, in order). The destination records it when it can (the manifest, or every part, is
+   * there) and otherwise answers which parts to upload first.
+   */
+  async planManifest(destSnapshotId: string, manifestId: string, size: number, parts: string[], signal?: AbortSignal): Promise<ManifestPlanAnswer> {
+    return this.control.json<ManifestPlanAnswer>({ method: 'POST', path: `/internal/v1/snapshots/${destSnapshotId}/manifest`, json: { manifestId, size, parts }, signal });
   }
 
-  /** The subset of `ids` the destination does not hold. */
-  async missing(ids: string[], signal?: AbortSignal): Promise<string[]> {
-    const res = await this.client.json<{ missing: string[] }>({ method: 'POST', path: '/internal/v1/chunks/missing', json: { ids }, signal });
+  async putManifestPart(destSnapshotId: string, partId: string, body: Buffer, signal?: AbortSignal): Promise<void> {
+    await this.data.json({ method: 'PUT', path: `/internal/v1/snapshots/${destSnapshotId}/manifest/parts/${partId}`, body, headers: { 'content-type': 'application/octet-stream' }, signal });
+  }
+
+  /** The subset of `ids` the destination does not hold (what it holds, it keeps for this copy). */
+  async missing(destSnapshotId: string, ids: string[], signal?: AbortSignal): Promise<string[]> {
+    const res = await this.control.json<{ missing: string[] }>({ method: 'POST', path: `/internal/v1/snapshots/${destSnapshotId}/chunks/missing`, json: { ids }, signal });
     return res.missing;
   }
 
-  async putChunk(id: string, body: Buffer, encoding: 'raw' | 'zstd', signal?: AbortSignal): Promise<void> {
-    await this.client.json({
-      method: 'PUT', path: `/internal/v1/chunks/${id}`, body,
+  async putChunk(destSnapshotId: string, id: string, body: Buffer, encoding: 'raw' | 'zstd', signal?: AbortSignal): Promise<void> {
+    await this.data.json({
+      method: 'PUT', path: `/internal/v1/snapshots/${destSnapshotId}/chunks/${id}`, body,
       headers: { 'content-type': 'application/octet-stream', [CHUNK_ENCODING_HEADER]: encoding }, signal,
     });
   }
 
   async progress(destSnapshotId: string, progress: number, signal?: AbortSignal): Promise<void> {
-    await this.client.json({ method: 'PUT', path: `/internal/v1/snapshots/${destSnapshotId}/progress`, json: { progress }, signal });
+    await this.control.json({ method: 'PUT', path: `/internal/v1/snapshots/${destSnapshotId}/progress`, json: { progress }, signal });
   }
 
   async commit(destSnapshotId: string, signal?: AbortSignal): Promise<void> {
-    await this.client.json({ method: 'POST', path: `/internal/v1/snapshots/${destSnapshotId}/commit`, signal });
+    await this.control.json({ method: 'POST', path: `/internal/v1/snapshots/${destSnapshotId}/commit`, signal });
   }
 
   async fail(destSnapshotId: string, reason: string): Promise<void> {
-    await this.client.json({ method: 'POST', path: `/internal/v1/snapshots/${destSnapshotId}/fail`, json: { reason } });
+    await this.control.json({ method: 'POST', path: `/internal/v1/snapshots/${destSnapshotId}/fail`, json: { reason } });
   }
 
   async close(): Promise<void> {
-    await this.client.close();
+    await Promise.allSettled([this.control.close(), this.data.close()]);
   }
 }
 
-/** Codes that mean "not now" rather than "never": a network failure, a 5xx, a credential or clock problem an operator can fix, chunks to resend. */
-const TRANSIENT_CODES = new Set(['ChunksMissing', 'ChunkDigestMismatch', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'AccessDenied', 'RequestExpired']);
+/**
+ * Codes that mean "not now" rather than "never": a network failure, a 5xx, a credential or clock
+ * problem an operator can fix, chunks or a manifest to send again.
+ */
+const TRANSIENT_CODES = new Set(['ChunksMissing', 'ManifestMissing', 'ChunkDigestMismatch', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'AccessDenied', 'RequestExpired']);
 
 export function isTransient(e: unknown): boolean {
   if (!(e instanceof BceError)) return true; // local I/O hiccups are retried; data loss is classified by the caller
   return e.status === 0 || e.status >= 500 || TRANSIENT_CODES.has(e.code);
+}
+
+export function errorCode(e: unknown): string | null {
+  return e instanceof BceError ? e.code : null;
 }

@@ -12,7 +12,7 @@ export class ReplicationMetrics {
   readonly queuedCopies: Gauge;
 
   constructor(registry: MetricsRegistry, jobs: JobRepository, destinations: string[]) {
-    this.bytesSent = registry.counter('snapferry_replication_bytes_sent_total', 'Chunk bytes put on the wire to destination regions (after compression).');
+    this.bytesSent = registry.counter('snapferry_replication_bytes_sent_total', 'Chunk and manifest bytes put on the wire to destination regions (after compression).');
     this.chunksSent = registry.counter('snapferry_replication_chunks_sent_total', 'Chunks sent to destination regions.');
     this.chunksSkipped = registry.counter('snapferry_replication_chunks_skipped_total', 'Chunks not sent because the destination already held them.');
     this.chunksResent = registry.counter('snapferry_replication_chunks_resent_total', 'Chunks sent again because the destination found them damaged in transit.');

@@ -1,14 +1,15 @@
 /**
  * A region's content-addressed storage as snapshots use it: chunks and manifests (two ChunkStore
- * namespaces), the hasher, and the lock that keeps garbage collection away from writers.
+ * namespaces) and the hasher.
  *
  * Write order (restic's rule): chunks are stored and synced, then the manifest is stored and synced;
  * only then may a caller publish a snapshot that names the manifest. Readers go the other way.
+ * Garbage collection runs beside writers without a lock: see garbage-collector.ts for the rules
+ * (last-used times, GC holds) that keep what a writer relies on.
  */
-import type { ChunkStore } from '../chunkstore/chunk-store.ts';
+import type { ChunkStore, ChunkWriter } from '../chunkstore/chunk-store.ts';
 import { isAllZero } from '../lib/all-zero.ts';
 import { Counter, MetricsRegistry } from '../lib/metrics.ts';
-import { RwLock } from '../lib/rw-lock.ts';
 import { Manifest } from './manifest.ts';
 
 export interface Hasher {
@@ -32,9 +33,6 @@ export class RepositoryMetrics {
 }
 
 export class ChunkRepository {
-  /** Held shared by anything that adds references (captures, restores, incoming copies); GC holds it exclusively. */
-  readonly lock = new RwLock();
-
   constructor(
     readonly chunks: ChunkStore,
     readonly manifests: ChunkStore,
@@ -44,13 +42,13 @@ export class ChunkRepository {
   ) {}
 
   /**
-   * Stores one chunk's bytes unless they are all zero; returns its id, or null for a zero chunk.
-   * Not durable until `chunks.sync()`.
+   * Stores one chunk's bytes through `writer` unless they are all zero (zero chunks are never
+   * stored); returns its id, or null for a zero chunk. Not durable until `writer.sync()`.
    */
-  async storeChunk(data: Buffer): Promise<string | null> {
+  async storeChunk(data: Buffer, writer: ChunkWriter): Promise<string | null> {
     if (isAllZero(data)) return null;
     const id = await this.hasher.hash(data);
-    if (await this.chunks.putHashed(id, data)) {
+    if (await writer.putHashed(id, data)) {
       this.metrics.chunksWritten.inc();
       this.metrics.chunkBytesWritten.inc(data.length);
     } else {
@@ -59,13 +57,17 @@ export class ChunkRepository {
     return id;
   }
 
-  /** Makes the manifest durable (after syncing the chunks it names) and returns its id. */
-  async commitManifest(manifest: Manifest): Promise<string> {
-    await this.chunks.sync();
+  /**
+   * Makes the manifest durable, after the chunks that `writer` stored for it, and returns its id.
+   * Fails (nothing to publish) when any of those chunks could not be made durable.
+   */
+  async commitManifest(manifest: Manifest, writer: ChunkWriter): Promise<string> {
+    await writer.sync();
     const bytes = manifest.encode();
     const id = await this.hasher.hash(bytes);
-    await this.manifests.put(id, bytes);
-    await this.manifests.sync();
+    const manifestWriter = this.manifests.writer();
+    await manifestWriter.putHashed(id, bytes);
+    await manifestWriter.sync();
     return id;
   }
 

@@ -122,6 +122,24 @@ export class Manifest {
     return this.ids.toString('hex', i * ID_SIZE, (i + 1) * ID_SIZE);
   }
 
+  /** True when chunk `i` is zero. Cheap (one bit): for walks over every chunk of a large disk. */
+  isZero(i: number): boolean {
+    this.checkIndex(i);
+    return !this.has(i);
+  }
+
+  /**
+   * True when chunk `i` is the same here and in `other` (both zero, or the same id), compared as
+   * raw bytes: no hex string per chunk.
+   */
+  sameChunk(i: number, other: Manifest): boolean {
+    this.checkIndex(i);
+    other.checkIndex(i);
+    const here = this.has(i);
+    if (here !== other.has(i)) return false;
+    return !here || this.ids.compare(other.ids, i * ID_SIZE, (i + 1) * ID_SIZE, i * ID_SIZE, (i + 1) * ID_SIZE) === 0;
+  }
+
   /** The id of chunk `i` as 32 raw bytes (a copy), or null when the chunk is zero. */
   chunkIdBytes(i: number): Buffer | null {
     this.checkIndex(i);
@@ -147,6 +165,11 @@ export class Manifest {
       this.present[i >> 3]! |= 1 << (i & 7);
       this.nonZero++;
     }
+  }
+
+  /** The indexes of the chunks that are not zero, in order (no id strings). */
+  *nonZeroIndexes(): IterableIterator<number> {
+    for (let i = this.nextNonZero(0); i >= 0; i = this.nextNonZero(i + 1)) yield i;
   }
 
   /** Every chunk that is not zero, in index order. */
@@ -202,7 +225,9 @@ export class Manifest {
   resized(diskSize: number): Manifest {
     const m = new Manifest(diskSize, this.chunkSize);
     const keep = Math.min(this.chunkCount, m.chunkCount);
-    this.ids.copy(m.ids, 0, 0, keep * ID_SIZE);
+    // Only the present runs: the id buffer is lazily zeroed memory (1 GiB for a 32765 GB disk), and
+    // copying it whole would make every page of both copies resident, whatever the disk holds.
+    for (const [start, end] of this.presentRuns(keep)) this.ids.copy(m.ids, start * ID_SIZE, start * ID_SIZE, end * ID_SIZE);
     const fullBytes = keep >> 3;
     m.present.set(this.present.subarray(0, fullBytes));
     for (let i = fullBytes * 8; i < keep; i++) if (this.has(i)) m.present[i >> 3]! |= 1 << (i & 7);
@@ -219,15 +244,19 @@ export class Manifest {
 
   /** True when both describe the same disk size, chunk size and chunks. */
   equals(other: Manifest): boolean {
-    return (
+    const same =
       this.diskSize === other.diskSize &&
       this.chunkSize === other.chunkSize &&
       this.nonZero === other.nonZero &&
       Buffer.from(this.present.buffer, this.present.byteOffset, this.present.byteLength).equals(
         Buffer.from(other.present.buffer, other.present.byteOffset, other.present.byteLength),
-      ) &&
-      this.ids.equals(other.ids)
-    );
+      );
+    if (!same) return false;
+    // Same presence bits, so the same runs; ids outside them are not compared (nor paged in).
+    for (const [s, e] of this.presentRuns(this.chunkCount)) {
+      if (this.ids.compare(other.ids, s * ID_SIZE, e * ID_SIZE, s * ID_SIZE, e * ID_SIZE) !== 0) return false;
+    }
+    return true;
   }
 
   /** The version-1 binary encoding (see the file comment). */
@@ -369,6 +398,24 @@ export class Manifest {
       i++;
     }
     return -1;
+  }
+
+  /** Maximal runs [start, end) of non-zero chunks below `limit`, in order. */
+  private *presentRuns(limit: number): IterableIterator<[number, number]> {
+    let i = this.nextNonZero(0);
+    while (i >= 0 && i < limit) {
+      let j = i + 1;
+      while (j < limit) {
+        if ((j & 7) === 0 && j + 8 <= limit && this.present[j >> 3] === 0xff) {
+          j += 8;
+          continue;
+        }
+        if (!this.has(j)) break;
+        j++;
+      }
+      yield [i, j];
+      i = j < limit ? this.nextNonZero(j) : -1;
+    }
   }
 
   /** Calls fn for each maximal run of same-kind chunks (kind 1 = data, 0 = zero), in order. */

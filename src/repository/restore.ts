@@ -24,28 +24,36 @@ export async function restoreDisk(
 ): Promise<void> {
   if (manifest.diskSize > disk.size) throw new RangeError('the snapshot is larger than the disk');
   if (manifest.chunkSize !== disk.chunkSize) throw new RangeError('the snapshot and the disk use different chunk sizes');
-  await repo.lock.shared(async () => {
-    const unchanged = (i: number): boolean =>
-      current !== null && current.manifest !== null && i < current.manifest.chunkCount &&
-      disk.map.generationOf(i) <= current.generation && current.manifest.chunkId(i) === manifest.chunkId(i) &&
-      !disk.map.isTrimmed(i);
-    const work: number[] = [];
-    for (let i = 0; i < manifest.chunkCount; i++) if (manifest.chunkId(i) !== null && !unchanged(i)) work.push(i);
-    let done = 0;
-    await mapLimit(work, RESTORE_PARALLELISM, async (i) => {
-      signal?.throwIfAborted();
-      const bytes = await repo.chunks.get(manifest.chunkId(i)!);
-      await disk.restoreChunk(i, bytes);
-      repo.metrics.restoreBytesWritten.inc(bytes.length);
-      onProgress?.(++done, work.length);
-    });
-    await disk.flush();
-    // Chunks the snapshot holds as zero read as zero from now on: holes on a fresh disk; on a used
-    // disk they are marked trimmed, which costs no data write.
-    await disk.map.resetAll((i) => {
-      if (i < manifest.chunkCount && manifest.chunkId(i) !== null) return 'data';
-      const isHole = !disk.map.isAllocated(i) && !disk.map.isTrimmed(i);
-      return current === null || isHole ? 'hole' : 'trimmed';
-    });
+  // No lock against garbage collection: the manifest being restored is a root for as long as the
+  // restore's job is queued or running (gcRoots), so none of its chunks can be collected.
+  //
+  // Nothing here is one entry per chunk of the disk (the largest has 33.5 M): the work is a lazy walk
+  // of the manifest's non-zero chunks, ids are compared as bytes and fetched as hex only for chunks
+  // that are written, and the map reset asks one bit per chunk. Rejected: collecting the work into
+  // an array first (8 bytes a chunk, and a hex string per chunk to decide what goes in it).
+  const base = current?.manifest ?? null;
+  const unchanged = (i: number): boolean =>
+    base !== null && i < base.chunkCount && disk.map.generationOf(i) <= current!.generation && !disk.map.isTrimmed(i) && manifest.sameChunk(i, base);
+  function* work(): IterableIterator<number> {
+    for (const i of manifest.nonZeroIndexes()) if (!unchanged(i)) yield i;
+  }
+  let total = 0;
+  if (onProgress) for (const _ of work()) total++;
+  let done = 0;
+  await mapLimit(work(), RESTORE_PARALLELISM, async (i) => {
+    signal?.throwIfAborted();
+    const bytes = await repo.chunks.get(manifest.chunkId(i)!);
+    await disk.restoreChunk(i, bytes);
+    repo.metrics.restoreBytesWritten.inc(bytes.length);
+    onProgress?.(++done, total);
+  });
+  // Durable before the map says so (the chunk map's unclean-open rule relies on it).
+  await disk.flush();
+  // Chunks the snapshot holds as zero read as zero from now on: holes on a fresh disk; on a used
+  // disk they are marked trimmed, which costs no data write.
+  await disk.map.resetAll((i) => {
+    if (i < manifest.chunkCount && !manifest.isZero(i)) return 'data';
+    const isHole = !disk.map.isAllocated(i) && !disk.map.isTrimmed(i);
+    return current === null || isHole ? 'hole' : 'trimmed';
   });
 }

@@ -8,6 +8,7 @@
  * The server binds to loopback by default; README says how to expose it safely.
  */
 import { ExportUnavailableError, type ExportDescription, type ExportProvider, type OpenedExport } from '../blockdev/block-target.ts';
+import type { DiskHandle } from '../blockdev/disk-manager.ts';
 import { GiB } from '../domain/volume.ts';
 import { isApiError } from '../domain/errors.ts';
 import type { Region } from './region-context.ts';
@@ -36,10 +37,14 @@ export class DiskExports implements ExportProvider {
       if (isApiError(e)) throw new ExportUnavailableError(e.message, 'busy');
       throw e;
     }
+    let held: DiskHandle | null = null;
     try {
       const marked = await this.region.meta.volumes.update(name, { status: 'InUse' }, ['Available']);
       if (!marked) throw new ExportUnavailableError(`disk ${name} is ${volume.status}; a block client needs it Available`, 'state');
-      const disk = await this.region.disks.open(name);
+      // Held for the whole connection: the disk is not closed while the client can use it.
+      held = await this.region.disks.acquire(name);
+      const disk = held.disk;
+      const heldDisk = held;
       this.region.log('info', 'block client attached', { volumeId: name });
       let released = false;
       return {
@@ -51,12 +56,14 @@ export class DiskExports implements ExportProvider {
           try {
             await this.region.meta.volumes.update(name, { status: 'Available' }, ['InUse']);
           } finally {
+            heldDisk.release();
             release();
             this.region.log('info', 'block client detached', { volumeId: name });
           }
         },
       };
     } catch (e) {
+      held?.release();
       release();
       throw e;
     }

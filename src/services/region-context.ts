@@ -12,5 +12,10 @@ export interface Region {
   readonly disks: DiskManager;
   readonly repo: ChunkRepository;
   readonly leases: DiskLeases;
+  /**
+   * Observer of named steps of long operations ('capture:frozen', ...): tests run a garbage
+   * collection or a crash at each one. Absent in production.
+   */
+  readonly steps?: (step: string) => Promise<void>;
   log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void;
 }

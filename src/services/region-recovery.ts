@@ -7,6 +7,9 @@ import type { Region } from './region-context.ts';
 
 export async function recoverRegion(region: Region): Promise<void> {
   const requeued = await region.meta.jobs.requeueAllRunning();
+  // GC holds of captures of an earlier life of this process: none of them can publish any more
+  // (their jobs were requeued and rerun under new holds), so they must not hold back GC's cutoff.
+  await region.meta.gcHolds.closeAll();
   // No block client survives a restart.
   for (const v of await region.meta.volumes.listByStatus(['InUse'])) {
     await region.meta.volumes.update(v.id, { status: 'Available' }, ['InUse']);
@@ -27,12 +30,18 @@ export async function recoverRegion(region: Region): Promise<void> {
   if (requeued > 0) region.log('info', 'resuming interrupted jobs', { count: requeued });
 }
 
-/** Manifests that garbage collection must keep: snapshots', disks' bases, and those queued jobs read. */
+/**
+ * Manifests that garbage collection must keep (GC-1): those snapshots in any state name, disks'
+ * bases, those queued or running jobs read (payload `manifestId`), and capture checkpoints (progress
+ * `checkpoint.manifestId`, see snapshot-jobs.ts).
+ */
 export async function gcRoots(region: Region): Promise<Set<string>> {
   const roots = new Set<string>([...(await region.meta.snapshots.manifestIds()), ...(await region.meta.diskBases.manifestIds())]);
   for (const job of await region.meta.jobs.list(['queued', 'running'])) {
     const id = (job.payload as { manifestId?: unknown } | null)?.manifestId;
     if (typeof id === 'string') roots.add(id);
+    const checkpoint = (job.progress as { checkpoint?: { manifestId?: unknown } } | null)?.checkpoint?.manifestId;
+    if (typeof checkpoint === 'string') roots.add(checkpoint);
   }
   return roots;
 }

@@ -7,7 +7,8 @@ import { newSnapshotId } from '../domain/ids.ts';
 import { isValidSnapshotName } from '../domain/snapshot.ts';
 import { REGION_BOUND_STORAGE_TYPES } from '../domain/volume.ts';
 import { COPY_JOB, type CopyPayload } from '../replication/copy-payload.ts';
-import type { PeerClient } from '../replication/peer-client.ts';
+import { isTransient, type PeerClient } from '../replication/peer-client.ts';
+import { mapLimit } from '../lib/map-limit.ts';
 import { withClientToken } from './client-token.ts';
 import type { Region } from './region-context.ts';
 import type { RequestContext } from './request-context.ts';
@@ -28,6 +29,8 @@ export interface CopyStatus {
 
 /** How long the request waits for a destination to reserve its record before leaving it to the job. */
 const RESERVE_TIMEOUT_MS = 5000;
+/** Keep-alive reserves in flight at once (each is one small durable write at a destination). */
+const KEEPALIVE_CONCURRENCY = 8;
 
 export class RemoteCopyService {
   constructor(
@@ -93,6 +96,33 @@ export class RemoteCopyService {
         const progress = j.state === 'done' ? 100 : ((j.progress as { percent?: number } | null)?.percent ?? 0);
         return { region: p.destRegion, snapshotId: p.destSnapshotId, state: j.state, progress, attempts: j.attempts, lastError: j.lastError };
       });
+  }
+
+  /**
+   * Housekeeping: re-sends the idempotent reserve of every queued or running copy, so the
+   * destination, whose silence deadline would fail an incoming copy that never hears from its
+   * source, knows it is only waiting here (behind the per-destination cap, or in a retry backoff).
+   * Must run more often than the destinations' deadline (it runs with every housekeeping round).
+   * Returns how many destinations were reached.
+   */
+  async keepAlive(): Promise<number> {
+    const jobs = await this.region.meta.jobs.list(['queued', 'running'], [COPY_JOB]);
+    let reached = 0;
+    const unreachable = new Set<string>();
+    await mapLimit(jobs, KEEPALIVE_CONCURRENCY, async (job) => {
+      const p = job.payload as CopyPayload;
+      const peer = this.peers(p.destRegion);
+      if (!peer || unreachable.has(p.destRegion)) return;
+      try {
+        await peer.reserve(p.destSnapshotId, p.reserve, AbortSignal.timeout(RESERVE_TIMEOUT_MS));
+        reached++;
+      } catch (e) {
+        // The job itself reports what is wrong with the destination; one line per round is enough.
+        if (isTransient(e)) unreachable.add(p.destRegion);
+        this.region.log('warn', 'could not keep a queued copy alive at its destination', { destRegion: p.destRegion, destSnapshotId: p.destSnapshotId, err: String(e) });
+      }
+    });
+    return reached;
   }
 
   /** True while a copy job will still read this snapshot (it may not be deleted meanwhile). */

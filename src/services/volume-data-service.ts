@@ -5,7 +5,7 @@
  */
 import type { Readable } from 'node:stream';
 import type { Extent } from '../blockdev/block-target.ts';
-import type { Disk } from '../blockdev/disk.ts';
+import type { DiskHandle } from '../blockdev/disk-manager.ts';
 import { ApiError } from '../domain/errors.ts';
 import { canReadVolumeData, canWriteVolumeData } from '../domain/volume.ts';
 import type { Region } from './region-context.ts';
@@ -18,16 +18,17 @@ export const DATA_PIECE = 1 << 20;
 export class VolumeDataService {
   constructor(private readonly region: Region) {}
 
-  /** Opens the disk for reading; the caller reads with `disk.read`. */
-  async openForRead(ctx: RequestContext, id: string): Promise<Disk> {
+  /** Opens the disk for reading; the caller reads with `handle.disk.read` and must release the handle. */
+  async openForRead(ctx: RequestContext, id: string): Promise<DiskHandle> {
     const volume = await this.region.meta.volumes.get(ctx.accountId, id);
     if (!volume) throw new ApiError('NoSuchObject', `The disk ${id} does not exist.`);
     if (!canReadVolumeData(volume.status)) throw new ApiError('OperationDenied', `The disk ${id} is ${volume.status}; its data can be read when Available or InUse.`);
-    return this.region.disks.open(id);
+    return this.region.disks.acquire(id);
   }
 
   async extents(ctx: RequestContext, id: string): Promise<Array<Extent & { offset: number }>> {
-    const disk = await this.openForRead(ctx, id);
+    using held = await this.openForRead(ctx, id);
+    const disk = held.disk;
     let offset = 0;
     return (await disk.extents(0, disk.size)).map((e) => {
       const out = { offset, ...e };
@@ -38,7 +39,8 @@ export class VolumeDataService {
 
   /** Makes [offset, offset+length) read as zeros without sending them (trimmed chunks cost no data write). */
   async writeZeroes(ctx: RequestContext, id: string, offset: number, length: number): Promise<void> {
-    const disk = await this.openForWrite(ctx, id, offset, length);
+    using held = await this.openForWrite(ctx, id, offset, length);
+    const disk = held.disk;
     const release = this.region.leases.acquire(id, 'http-write');
     try {
       await disk.writeZeroes(offset, length, true);
@@ -52,7 +54,8 @@ export class VolumeDataService {
    * inside the disk; the disk must be Available and not held by anyone else.
    */
   async write(ctx: RequestContext, id: string, offset: number, length: number, body: Readable): Promise<void> {
-    const disk = await this.openForWrite(ctx, id, offset, length);
+    using held = await this.openForWrite(ctx, id, offset, length);
+    const disk = held.disk;
     const release = this.region.leases.acquire(id, 'http-write');
     try {
       let position = offset;
@@ -81,13 +84,21 @@ export class VolumeDataService {
     }
   }
 
-  private async openForWrite(ctx: RequestContext, id: string, offset: number, length: number): Promise<Disk> {
+  private async openForWrite(ctx: RequestContext, id: string, offset: number, length: number): Promise<DiskHandle> {
     const volume = await this.region.meta.volumes.get(ctx.accountId, id);
     if (!volume) throw new ApiError('NoSuchObject', `The disk ${id} does not exist.`);
     if (!canWriteVolumeData(volume.status)) throw new ApiError('OperationDenied', `The disk ${id} is ${volume.status}; data can be written only when it is Available.`);
+    // Checked here, as ApiErrors: the disk's own range check throws RangeError, which is a 500 (a bug) by then.
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      throw new ApiError('BadRequest', `offset and length must be non-negative integers within the disk, not ${offset} and ${length}.`);
+    }
     if (offset % SECTOR !== 0 || length % SECTOR !== 0) throw new ApiError('BadRequest', `offset and length must be multiples of ${SECTOR}.`);
-    const disk = await this.region.disks.open(id);
-    if (offset + length > disk.size) throw new ApiError('BadRequest', `The write (${offset}+${length}) ends past the end of the disk (${disk.size} bytes).`);
-    return disk;
+    const held = await this.region.disks.acquire(id);
+    const size = held.disk.size;
+    if (offset + length > size) {
+      held.release();
+      throw new ApiError('BadRequest', `The write (${offset}+${length}) ends past the end of the disk (${size} bytes).`);
+    }
+    return held;
   }
 }

@@ -33,7 +33,8 @@ interface RollbackPayload {
  * will not get better by retrying: that failure is permanent, everything else is retried.
  */
 async function fillDisk(region: Region, volumeId: string, manifestId: string, current: DiskBase | null, signal: AbortSignal): Promise<void> {
-  const disk = await region.disks.open(volumeId);
+  using held = await region.disks.acquire(volumeId);
+  const disk = held.disk;
   try {
     await restoreDisk(region.repo, await region.repo.loadManifest(manifestId), disk, current, undefined, signal);
   } catch (e) {

@@ -169,7 +169,7 @@ export class VolumeService {
           throw new ApiError('OperationDenied', `A snapshot of ${id} is being taken; resize it when the snapshot is done.`);
         }
         try {
-          if (newSizeGB > volume.diskSizeInGB) await (await this.region.disks.open(id)).grow(newSizeGB * GiB);
+          if (newSizeGB > volume.diskSizeInGB) await this.region.disks.use(id, (disk) => disk.grow(newSizeGB * GiB));
           await this.region.meta.volumes.update(id, { status: 'Available', diskSizeInGB: newSizeGB, storageType: newType });
         } catch (e) {
           await this.region.meta.volumes.update(id, { status: 'Error', lastError: `resize failed: ${(e as Error).message}` });

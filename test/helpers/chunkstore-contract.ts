@@ -30,11 +30,11 @@ export function blob(size = 4096): { id: string; data: Buffer } {
   return { id: sha256(data), data };
 }
 
-async function listAll(store: ChunkStore): Promise<Map<string, { size: number; mtimeMs: number }>> {
-  const out = new Map<string, { size: number; mtimeMs: number }>();
+async function listAll(store: ChunkStore): Promise<Map<string, { size: number; lastUsedMs: number }>> {
+  const out = new Map<string, { size: number; lastUsedMs: number }>();
   for await (const e of store.list()) {
     assert.ok(!out.has(e.id), `list yielded ${e.id} twice`);
-    out.set(e.id, { size: e.size, mtimeMs: e.mtimeMs });
+    out.set(e.id, { size: e.size, lastUsedMs: e.lastUsedMs });
   }
   return out;
 }
@@ -74,7 +74,7 @@ export function chunkStoreContract(
       const listed = await listAll(store);
       assert.equal(listed.size, 1);
       assert.equal(listed.get(id)?.size, data.length);
-      assert.equal(typeof listed.get(id)?.mtimeMs, 'number');
+      assert.equal(typeof listed.get(id)?.lastUsedMs, 'number');
     }));
 
     it('a put is visible to get/has/list before sync, and still after it', withStore(async ({ store }) => {
@@ -290,6 +290,85 @@ export function chunkStoreContract(
         if (i % 3 === 0) await assert.rejects(store.get(b.id), ChunkNotFoundError);
         else assert.deepEqual(await store.get(b.id), b.data);
       }
+    }));
+
+    it('GC-2: a put or touch of a present blob makes it used now; deleteIfUnusedSince keeps what was used after the cutoff', withStore(async ({ store }) => {
+      const a = blob();
+      const b = blob();
+      const before = Date.now() - 1000;
+      await store.put(a.id, a.data);
+      await store.put(b.id, b.data);
+      await store.sync();
+      // Put after the cutoff: used after it, so kept.
+      assert.equal(await store.deleteIfUnusedSince(a.id, before), false);
+      await new Promise((r) => setTimeout(r, 20));
+      const cutoff = Date.now();
+      await new Promise((r) => setTimeout(r, 20));
+      assert.equal(await store.put(a.id, a.data), false);
+      assert.deepEqual(await store.touch([b.id, blob().id]), new Set([b.id]), 'touch reports exactly the present ones');
+      const listed = await listAll(store);
+      assert.ok(listed.get(a.id)!.lastUsedMs >= cutoff, 'a dedup put refreshed last-used');
+      assert.ok(listed.get(b.id)!.lastUsedMs >= cutoff, 'touch refreshed last-used');
+      assert.equal(await store.deleteIfUnusedSince(a.id, cutoff), false);
+      assert.equal(await store.deleteIfUnusedSince(b.id, cutoff), false);
+      const later = Date.now() + 1000;
+      assert.equal(await store.deleteIfUnusedSince(a.id, later), true, 'unused since the cutoff: deleted');
+      assert.equal(await store.deleteIfUnusedSince(a.id, later), false, 'already gone');
+      await assert.rejects(store.get(a.id), ChunkNotFoundError);
+      assert.deepEqual(await store.has([b.id]), new Set([b.id]));
+    }));
+
+    it('deleteIfUnusedSince never deletes a blob that is put but not yet synced', withStore(async ({ store }) => {
+      const a = blob();
+      await store.put(a.id, a.data);
+      assert.equal(await store.deleteIfUnusedSince(a.id, Date.now() + 60_000), false);
+      await store.sync();
+      assert.deepEqual(await store.get(a.id), a.data);
+    }));
+
+    it('GC-2: touch racing deleteIfUnusedSince: a blob reported present is never deleted afterwards', withStore(async ({ store }) => {
+      for (let round = 0; round < 20; round++) {
+        const a = blob(1024);
+        await store.put(a.id, a.data);
+        await store.sync();
+        const cutoff = Date.now() + 5; // everything so far counts as old for this GC
+        await new Promise((r) => setTimeout(r, 10));
+        const [present, deleted] = await Promise.all([store.touch([a.id]), store.deleteIfUnusedSince(a.id, cutoff)]);
+        if (present.has(a.id)) assert.equal(deleted, false, 'reported present, then deleted');
+        assert.equal((await store.has([a.id])).has(a.id), present.has(a.id) && !deleted);
+      }
+    }));
+
+    it('a writer syncs exactly its own puts, also those it found pending; sync again covers later puts', withStore(async ({ store }) => {
+      const w1 = store.writer();
+      const w2 = store.writer();
+      const a = blob();
+      const b = blob();
+      await w1.put(a.id, a.data);
+      assert.equal(w1.unsyncedBytes, a.data.length);
+      assert.equal(await w2.put(a.id, a.data), false);
+      assert.equal(w2.unsyncedBytes, a.data.length, 'relying on a pending blob counts as unsynced for this writer');
+      await w2.sync();
+      assert.equal(w2.unsyncedBytes, 0);
+      await w1.sync();
+      await w1.putHashed(b.id, b.data);
+      assert.equal(w1.unsyncedBytes, b.data.length);
+      await w1.sync();
+      assert.deepEqual(await store.get(a.id), a.data);
+      assert.deepEqual(await store.get(b.id), b.data);
+      await w1.sync(); // nothing new: resolves
+      assert.equal(await store.writer().put(a.id, a.data), false);
+    }));
+
+    it('a writer put verifies the hash; putHashed does not', withStore(async ({ store }) => {
+      const w = store.writer();
+      const { id, data } = blob();
+      const wrong = Buffer.from(data);
+      wrong[3]! ^= 1;
+      await assert.rejects(w.put(id, wrong), ChunkIntegrityError);
+      assert.equal(w.unsyncedBytes, 0);
+      await w.sync();
+      assert.equal((await store.has([id])).size, 0);
     }));
 
     it('a put racing a delete of the same id leaves either nothing or the intact blob', withStore(async ({ store }) => {

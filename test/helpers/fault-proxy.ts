@@ -1,60 +1,196 @@
 /**
- * An HTTP proxy between two regions that can damage or slow what passes through: flip one byte in
- * the body of the next N chunk uploads, or delay every chunk upload. It forwards everything else
- * unchanged (the signature does not cover bodies, so a flipped byte is exactly what a bad link does).
+ * An HTTP proxy between two regions that counts, damages, slows or holds what passes through:
+ * - counts the raw TCP bytes the source sends through it (headers and bodies: the bytes on the wire),
+ *   and every chunk upload with the destination's answer;
+ * - flips one byte in the body of the next N chunk uploads (the signature does not cover bodies, so
+ *   a flipped byte is exactly what a bad link does);
+ * - delays every chunk upload, or holds the uploads of chosen copies until released;
+ * - remembers in which order copies sent their first manifest plan (the order they started in).
+ * Everything else is forwarded unchanged. The destination may be down: the proxy then answers 502.
  */
 import { createServer, request, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
+
+/** `PUT /internal/v1/snapshots/{copy}/chunks/{chunk}` */
+const CHUNK_PUT = /^\/internal\/v1\/snapshots\/([^/]+)\/chunks\/([0-9a-f]{64})/;
+const MANIFEST_PLAN = /^\/internal\/v1\/snapshots\/([^/?]+)\/manifest(?:\?|$)/;
+
+export interface ChunkUpload {
+  copyId: string;
+  chunkId: string;
+  /** The destination's HTTP status, 502 when it was unreachable. */
+  status: number;
+  bodyBytes: number;
+}
 
 export interface FaultProxy {
   url: string;
-  /** Damage the body of the next `n` PUT /internal/v1/chunks/... requests. */
+  port: number;
+  /** Damage the body of the next `n` chunk uploads. */
   corruptNextChunks(n: number): void;
   /** Delay each chunk upload by this many ms (0 = none). */
   setChunkDelay(ms: number): void;
   corrupted(): number;
+  /** Raw bytes received from the source since the last reset (TCP payload: headers and bodies). */
+  bytesIn(): number;
+  /** Chunk uploads forwarded (and answered) since the last reset, in order. */
+  uploads(): ChunkUpload[];
+  /**
+   * Called when the destination has answered a chunk upload, before the source gets the answer
+   * (awaited): to kill a process or lose a blob at an exact point.
+   */
+  onUpload(fn: ((u: ChunkUpload, all: ChunkUpload[]) => void | Promise<void>) | null): void;
+  resetCounts(): void;
+  /** Answer the next `n` chunk uploads with this status (not forwarded), e.g. 503: a transient failure. */
+  failNextChunks(n: number, status?: number): void;
+  /** Hold chunk uploads of these copies until `release` (a held upload waits, its connection open). */
+  hold(copyIds: Iterable<string>): void;
+  /** Hold the chunk uploads of every copy not released (or all, when `on` is false again: none). */
+  holdAll(on: boolean): void;
+  /** Lets a copy's uploads through from now on (every copy's, without an id). */
+  release(copyId?: string): void;
+  /** Copies held uploads are waiting for, now. */
+  heldCopies(): Set<string>;
+  /** Chunk uploads received from the source and not yet answered. */
+  inflight(): number;
+  /** Copy ids in the order their first manifest plan passed through. */
+  startOrder(): string[];
   close(): Promise<void>;
 }
 
 export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
   let toCorrupt = 0;
+  let toFail = 0;
+  let failStatus = 503;
+  let holdEverything = false;
+  const released = new Set<string>();
   let corrupted = 0;
   let delayMs = 0;
+  let bytesIn = 0;
+  let inflight = 0;
+  let uploads: ChunkUpload[] = [];
+  let onUpload: ((u: ChunkUpload, all: ChunkUpload[]) => void | Promise<void>) | null = null;
+  const held = new Set<string>();
+  const waiting = new Map<string, Array<() => void>>();
+  const started: string[] = [];
+  const sockets = new Set<Socket>();
+
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (d) => chunks.push(d));
     req.on('end', async () => {
       let body = Buffer.concat(chunks);
-      const isChunk = req.method === 'PUT' && (req.url ?? '').startsWith('/internal/v1/chunks/');
-      if (isChunk && delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
-      if (isChunk && toCorrupt > 0 && body.length > 0) {
+      const url = req.url ?? '';
+      const chunk = req.method === 'PUT' ? CHUNK_PUT.exec(url) : null;
+      if (chunk) {
+        inflight++;
+        res.once('close', () => inflight--);
+      }
+      const plan = req.method === 'POST' ? MANIFEST_PLAN.exec(url) : null;
+      if (plan && !started.includes(plan[1]!)) started.push(plan[1]!);
+      if (chunk && (held.has(chunk[1]!) || (holdEverything && !released.has(chunk[1]!)))) {
+        await new Promise<void>((resolve) => {
+          const list = waiting.get(chunk[1]!) ?? [];
+          list.push(resolve);
+          waiting.set(chunk[1]!, list);
+        });
+      }
+      if (chunk && delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
+      if (chunk && toFail > 0) {
+        toFail--;
+        uploads.push({ copyId: chunk[1]!, chunkId: chunk[2]!, status: failStatus, bodyBytes: body.length });
+        res.writeHead(failStatus, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ requestId: '', code: 'ServiceUnavailable', message: 'injected failure' }));
+        return;
+      }
+      if (chunk && toCorrupt > 0 && body.length > 0) {
         toCorrupt--;
         corrupted++;
         body = Buffer.from(body);
         body[Math.floor(body.length / 2)]! ^= 0x40;
       }
+      // The hook runs before the source sees the answer, so a test can act at an exact point.
+      const record = async (status: number): Promise<void> => {
+        if (!chunk) return;
+        const u = { copyId: chunk[1]!, chunkId: chunk[2]!, status, bodyBytes: body.length };
+        uploads.push(u);
+        await onUpload?.(u, uploads);
+      };
       const upstream = request(
         { host: '127.0.0.1', port: targetPort, method: req.method, path: req.url, headers: req.headers },
         (up) => {
-          res.writeHead(up.statusCode ?? 502, up.headers);
-          up.pipe(res);
+          const parts: Buffer[] = [];
+          up.on('data', (d: Buffer) => parts.push(d));
+          up.once('error', () => res.destroy());
+          up.once('end', async () => {
+            await record(up.statusCode ?? 502);
+            res.writeHead(up.statusCode ?? 502, up.headers);
+            res.end(Buffer.concat(parts));
+          });
         },
       );
-      upstream.on('error', () => {
+      upstream.on('error', async () => {
+        await record(502);
+        if (res.headersSent) {
+          res.destroy();
+          return;
+        }
         res.writeHead(502, { 'content-type': 'application/json' });
         res.end(JSON.stringify({ requestId: '', code: 'BadGateway', message: 'upstream unreachable' }));
       });
       upstream.end(body);
     });
   });
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.on('data', (d: Buffer) => (bytesIn += d.length));
+    socket.once('close', () => sockets.delete(socket));
+  });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  const release = (copyId?: string): void => {
+    if (copyId === undefined) {
+      holdEverything = false;
+      held.clear();
+    } else released.add(copyId);
+    for (const id of copyId === undefined ? [...waiting.keys()] : [copyId]) {
+      held.delete(id);
+      for (const go of waiting.get(id) ?? []) go();
+      waiting.delete(id);
+    }
+  };
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    url: `http://127.0.0.1:${port}`,
+    port,
     corruptNextChunks: (n) => (toCorrupt += n),
     setChunkDelay: (ms) => (delayMs = ms),
     corrupted: () => corrupted,
+    bytesIn: () => bytesIn,
+    uploads: () => uploads,
+    onUpload: (fn) => (onUpload = fn),
+    resetCounts: () => {
+      bytesIn = 0;
+      uploads = [];
+    },
+    failNextChunks: (n, status = 503) => {
+      toFail += n;
+      failStatus = status;
+    },
+    holdAll: (on) => {
+      holdEverything = on;
+      if (!on) release();
+    },
+    hold: (ids) => {
+      for (const id of ids) held.add(id);
+    },
+    release,
+    heldCopies: () => new Set([...waiting.keys()].filter((k) => (waiting.get(k)?.length ?? 0) > 0)),
+    inflight: () => inflight,
+    startOrder: () => [...started],
     close: () =>
       new Promise<void>((resolve) => {
+        release();
+        for (const s of sockets) s.destroy();
         server.closeAllConnections();
         server.close(() => resolve());
       }),

@@ -193,5 +193,69 @@ export function metadataContract(name: string, make: () => Promise<MetadataFixtu
       await m.diskBases.delete('v-1');
       assert.equal(await m.diskBases.get('v-1'), null);
     }));
+
+    it("lists: another account's id used as a marker answers like an unknown marker (an empty page)", withStore(async (m) => {
+      const mine = volume({ accountId: 'bob' });
+      const theirs = volume({ accountId: 'alice' });
+      await m.volumes.insertIfAbsent(mine);
+      await m.volumes.insertIfAbsent(theirs);
+      assert.deepEqual((await m.volumes.list('bob', {}, { marker: theirs.id, maxKeys: 10 })).items, []);
+      assert.deepEqual((await m.volumes.list('bob', {}, { marker: 'v-unknown0', maxKeys: 10 })).items, []);
+      assert.deepEqual((await m.volumes.list('bob', {}, { marker: mine.id, maxKeys: 10 })).items.map((v) => v.id), [mine.id]);
+      const s1 = snapshot({ accountId: 'alice' });
+      await m.snapshots.insertIfAbsent(s1);
+      assert.deepEqual((await m.snapshots.list('bob', {}, { marker: s1.id, maxKeys: 10 })).items, []);
+    }));
+
+    it('GC-2: gc holds: the oldest live hold counts; closed and lapsed ones do not; a lapsed hold never revives', withStore(async (m) => {
+      const t = 1_000_000;
+      assert.equal(await m.gcHolds.oldestLiveStart(t), null);
+      const a = await m.gcHolds.open('capture a', t, 60_000);
+      const b = await m.gcHolds.open('capture b', t + 10, 60_000);
+      assert.equal(a.startedAt, t);
+      assert.equal(await m.gcHolds.oldestLiveStart(t + 20), t);
+      await m.gcHolds.close(a.id);
+      assert.equal(await m.gcHolds.oldestLiveStart(t + 20), t + 10);
+      assert.equal(await m.gcHolds.renew(b.id, t + 50_000, 60_000), true, 'renewed while live');
+      assert.equal(await m.gcHolds.oldestLiveStart(t + 100_000), t + 10, 'renewal extends the lease');
+      assert.equal(await m.gcHolds.oldestLiveStart(t + 200_000), null, 'lapsed: no longer counts');
+      assert.equal(await m.gcHolds.renew(b.id, t + 200_000, 60_000), false, 'a lapsed hold cannot be renewed');
+      assert.equal(await m.gcHolds.oldestLiveStart(t + 200_001), null);
+      assert.equal(await m.gcHolds.renew(a.id, t + 30, 60_000), false, 'a closed hold cannot be renewed');
+      assert.ok((await m.gcHolds.purgeLapsedBefore(t + 300_000)) >= 2);
+      const c = await m.gcHolds.open('capture c', t, 60_000);
+      assert.equal(await m.gcHolds.closeAll(), 1);
+      assert.equal(await m.gcHolds.oldestLiveStart(t + 1), null);
+      assert.equal(await m.gcHolds.renew(c.id, t + 2, 60_000), false);
+    }));
+
+    it('GC-3: publishUnderHold publishes only while the hold is live, in one step', withStore(async (m) => {
+      const t = 2_000_000;
+      const live = await m.gcHolds.open('capture', t, 60_000);
+      const s1 = snapshot();
+      await m.snapshots.insertIfAbsent(s1);
+      const published = await m.snapshots.publishUnderHold(s1.id, { status: 'Available', manifestId: 'm1', progress: 100 }, live.id, t + 1000);
+      assert.equal(published?.status, 'Available');
+      assert.equal(published?.manifestId, 'm1');
+      const s2 = snapshot();
+      await m.snapshots.insertIfAbsent(s2);
+      assert.equal(await m.snapshots.publishUnderHold(s2.id, { status: 'Available', manifestId: 'm2' }, live.id, t + 61_000), null, 'lapsed hold: refused');
+      assert.equal((await m.snapshots.getAny(s2.id))?.status, 'Creating');
+      await m.gcHolds.close(live.id);
+      assert.equal(await m.snapshots.publishUnderHold(s2.id, { status: 'Available', manifestId: 'm2' }, live.id, t + 2000), null, 'closed hold: refused');
+      const other = await m.gcHolds.open('capture', t, 60_000);
+      assert.equal(await m.snapshots.publishUnderHold(s1.id, { status: 'Available' }, other.id, t + 10), null, 'only a Creating snapshot is published');
+    }));
+
+    it('jobs: progressedAt is set by the first claim and by saveProgress, not by the enqueue', withStore(async (m) => {
+      const job = await m.jobs.enqueue({ kind: 'k', key: `p-${Date.now()}`, group: 'g', payload: {} });
+      assert.equal(job.progressedAt, null);
+      const claimed = await m.jobs.claim(['k'], 'w', Date.now(), 30_000, () => Infinity);
+      assert.ok(claimed && claimed.progressedAt !== null);
+      await new Promise((r) => setTimeout(r, 5));
+      await m.jobs.saveProgress(job.id, { x: 1 });
+      const after = await m.jobs.get(job.id);
+      assert.ok(after!.progressedAt! > claimed!.progressedAt!);
+    }));
   });
 }

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { loadServeConfig, type Account, type ServeConfig } from '../../src/config.ts';
-import { buildRegion } from '../../src/main.ts';
+import { buildRegion, type BuildOptions } from '../../src/main.ts';
 import { Sha256Pool } from '../../src/lib/sha256-pool.ts';
 import type { Region } from '../../src/services/region-context.ts';
 import { signedRequest, type Keys, type SdkStyle } from './signed-request.ts';
@@ -26,17 +26,19 @@ export interface Harness {
   call(method: string, url: string, body?: unknown, opts?: { keys?: Keys; style?: SdkStyle; at?: number; expirationSeconds?: number; headers?: Record<string, string> }): Promise<{ status: number; headers: Record<string, unknown>; json: any; raw: Buffer }>;
   /** What the region logged so far, parsed. */
   logs(): Array<Record<string, any>>;
+  /** Runs one garbage collection of the region now. */
+  gc(): Promise<any>;
   /** Polls until `check` returns truthy (or throws after `ms`). */
   waitFor<T>(check: () => Promise<T | null | undefined | false>, ms?: number): Promise<T>;
   close(): Promise<void>;
 }
 
-export async function startHarness(regionName = 'bj', overrides: Partial<ServeConfig> = {}): Promise<Harness> {
+export async function startHarness(regionName = 'bj', overrides: Partial<ServeConfig> = {}, options: BuildOptions = {}): Promise<Harness> {
   const dir = await mkdtemp(join(tmpdir(), 'snapferry-test-'));
   const config = { ...loadServeConfig({ dataDir: dir, regions: regionName }, {}), accounts: [ALICE, BOB], gcGraceMs: 0, ...overrides };
   const hasher = new Sha256Pool({ size: 1 });
   const logs: string[] = [];
-  const built = await buildRegion(config, regionName, hasher, (level, msg, fields) => logs.push(JSON.stringify({ level, msg, ...fields })));
+  const built = await buildRegion(config, regionName, hasher, (level, msg, fields) => logs.push(JSON.stringify({ level, msg, ...fields })), options);
   await built.app.ready();
   built.start();
   const harness: Harness = {
@@ -53,6 +55,7 @@ export async function startHarness(regionName = 'bj', overrides: Partial<ServeCo
       return { status: res.statusCode, headers: res.headers, json, raw };
     },
     logs: () => logs.map((l) => JSON.parse(l)),
+    gc: () => built.gc(),
     async waitFor(check, ms = 20_000) {
       const deadline = Date.now() + ms;
       for (;;) {

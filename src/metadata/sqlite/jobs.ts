@@ -3,13 +3,14 @@ import { placeholders, type Db } from './database.ts';
 
 interface Row {
   id: number; kind: string; key: string; grp: string; payload: string; state: string; attempts: number; run_after: number;
-  lease_owner: string | null; lease_until: number | null; last_error: string | null; progress: string | null; created_at: number; updated_at: number;
+  lease_owner: string | null; lease_until: number | null; last_error: string | null; progress: string | null; created_at: number; updated_at: number; progressed_at: number | null;
 }
 
 const toJob = (r: Row): JobRecord => ({
   id: r.id, kind: r.kind, key: r.key, group: r.grp, payload: JSON.parse(r.payload), state: r.state as JobState,
   attempts: r.attempts, runAfter: r.run_after, leaseOwner: r.lease_owner, leaseUntil: r.lease_until, lastError: r.last_error,
   progress: r.progress === null ? null : JSON.parse(r.progress), createdAt: r.created_at, updatedAt: r.updated_at,
+  progressedAt: r.progressed_at,
 });
 
 export class SqliteJobRepository implements JobRepository {
@@ -59,9 +60,9 @@ export class SqliteJobRepository implements JobRepository {
         .get(...kinds, now, now, ...saturated) as Row | undefined;
       if (row && groupLimit(row.grp) > 0) {
         this.db
-          .prepare("UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?")
-          .run(owner, now + leaseMs, now, row.id);
-        return toJob({ ...row, state: 'running', lease_owner: owner, lease_until: now + leaseMs, attempts: row.attempts + 1, updated_at: now });
+          .prepare("UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?, attempts = attempts + 1, updated_at = ?, progressed_at = coalesce(progressed_at, ?) WHERE id = ?")
+          .run(owner, now + leaseMs, now, now, row.id);
+        return toJob({ ...row, state: 'running', lease_owner: owner, lease_until: now + leaseMs, attempts: row.attempts + 1, updated_at: now, progressed_at: row.progressed_at ?? now });
       }
       return null;
     }).immediate();
@@ -75,7 +76,8 @@ export class SqliteJobRepository implements JobRepository {
   }
 
   async saveProgress(id: number, progress: unknown): Promise<void> {
-    this.db.prepare('UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ?').run(JSON.stringify(progress), Date.now(), id);
+    const now = Date.now();
+    this.db.prepare('UPDATE jobs SET progress = ?, updated_at = ?, progressed_at = ? WHERE id = ?').run(JSON.stringify(progress), now, now, id);
   }
 
   async retryLater(id: number, owner: string, runAfter: number, error: string): Promise<void> {

@@ -91,4 +91,41 @@ export const MIGRATIONS: ReadonlyArray<{ version: number; sql: string }> = [
     version: 2,
     sql: `ALTER TABLE snapshots ADD COLUMN touched_at INTEGER;`,
   },
+  {
+    // GC holds (durable in-flight roots of captures, invariant GC-2) and the time a job last made
+    // progress (retry deadlines count from there, not from the enqueue).
+    version: 3,
+    sql: `
+      CREATE TABLE gc_holds (
+        id TEXT PRIMARY KEY,
+        purpose TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        lease_until INTEGER NOT NULL,
+        closed INTEGER NOT NULL DEFAULT 0
+      );
+      CREATE INDEX gc_holds_live ON gc_holds(closed, lease_until);
+      ALTER TABLE jobs ADD COLUMN progressed_at INTEGER;
+    `,
+  },
+  {
+    // The chunk index of an object-store chunk store (src/chunkstore/chunk-index.ts): presence,
+    // last-used time and delete claims per blob, which S3 cannot keep cheaply itself.
+    version: 4,
+    sql: `
+      CREATE TABLE chunk_index (
+        namespace TEXT NOT NULL,
+        id TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('storing', 'present', 'deleting')),
+        size INTEGER NOT NULL,
+        last_used INTEGER NOT NULL,
+        claimed_at INTEGER,
+        epoch TEXT NOT NULL,
+        PRIMARY KEY (namespace, id)
+      ) WITHOUT ROWID;
+      -- One row, written by the index's durability barrier (a commit with an fsync covers every
+      -- earlier commit in the WAL).
+      CREATE TABLE chunk_index_sync (id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL);
+      INSERT INTO chunk_index_sync (id, n) VALUES (0, 0);
+    `,
+  },
 ];

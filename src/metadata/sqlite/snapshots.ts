@@ -79,6 +79,15 @@ export class SqliteSnapshotRepository implements SnapshotRepository {
     return guardedUpdate(this.db, 'snapshots', id, patch, COLUMNS, fromStatuses) ? this.getAny(id) : null;
   }
 
+  async publishUnderHold(id: string, patch: Partial<Omit<Snapshot, 'id' | 'accountId'>>, holdId: string, now: number): Promise<Snapshot | null> {
+    // One transaction: the hold's liveness and the publication cannot be split by a GC reading holds.
+    const published = this.db.transaction((): boolean => {
+      const live = this.db.prepare('SELECT 1 FROM gc_holds WHERE id = ? AND closed = 0 AND lease_until > ?').get(holdId, now);
+      return live !== undefined && guardedUpdate(this.db, 'snapshots', id, patch, COLUMNS, ['Creating']);
+    }).immediate();
+    return published ? this.getAny(id) : null;
+  }
+
   async delete(id: string): Promise<void> {
     this.db.prepare('UPDATE snapshots SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL').run(Date.now(), id);
   }

@@ -1,7 +1,10 @@
 import type { MetadataStore } from '../metadata-store.ts';
 import { openDatabase, type Db } from './database.ts';
+import { SqliteChunkIndex } from './chunk-index.ts';
 import { SqliteDiskBaseRepository } from './disk-bases.ts';
+import { SqliteGcHoldRepository } from './gc-holds.ts';
 import { SqliteIdempotencyRepository } from './idempotency.ts';
+import { checkDatabase } from './integrity.ts';
 import { SqliteJobRepository } from './jobs.ts';
 import { SqliteSnapshotRepository } from './snapshots.ts';
 import { SqliteVolumeRepository } from './volumes.ts';
@@ -13,6 +16,8 @@ export class SqliteMetadataStore implements MetadataStore {
   readonly idempotency;
   readonly jobs;
   readonly diskBases;
+  readonly gcHolds;
+  readonly chunkIndex;
   private readonly db: Db;
 
   constructor(file: string) {
@@ -22,6 +27,12 @@ export class SqliteMetadataStore implements MetadataStore {
     this.idempotency = new SqliteIdempotencyRepository(this.db);
     this.jobs = new SqliteJobRepository(this.db);
     this.diskBases = new SqliteDiskBaseRepository(this.db);
+    this.gcHolds = new SqliteGcHoldRepository(this.db);
+    this.chunkIndex = new SqliteChunkIndex(this.db);
+  }
+
+  async integrityCheck(): Promise<string[]> {
+    return checkDatabase(this.db);
   }
 
   async close(): Promise<void> {
