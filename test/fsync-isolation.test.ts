@@ -66,3 +66,40 @@ test('CS-3: a failed fsync fails only the capture that wrote the chunk; the othe
   const back = await h.call('GET', `/v2/volume/${restored}/data`, undefined, { headers: { range: `bytes=0-${MiB - 1}` } });
   assert.equal(sha(back.raw), sha(bad));
 });
+
+test('CS-3 at the destination: a failed fsync of a received chunk keeps the copy Creating; once the disk behaves the copy completes exactly', async () => {
+  const { startRegions } = await import('./helpers/region-set.ts');
+  const { syntheticSnapshot, randomChunks, startCopy, snapshotAt, waitAvailable, assertCopyIdentical } = await import('./helpers/copy-fixtures.ts');
+  const chunks = randomChunks(6);
+  const badId = sha(chunks[2]!);
+  let destFaults = 0;
+  let failDest = true;
+  const set = await startRegions([
+    { name: 'bj' },
+    {
+      name: 'hkg',
+      options: {
+        chunkFaults: (op, path) => {
+          if (failDest && op === 'fsync' && path.includes(badId)) {
+            destFaults++;
+            throw Object.assign(new Error(`injected EIO on ${path}`), { code: 'EIO' });
+          }
+        },
+      },
+    },
+  ]);
+  try {
+    const bj = set.regions.bj!;
+    const hkg = set.regions.hkg!;
+    const snap = await syntheticSnapshot(bj.built.region, chunks);
+    const copyId = await startCopy(bj, snap.snapshotId, 'hkg');
+    await set.waitFor(async () => destFaults >= 2, 60_000);
+    // The chunk could not be made durable: the copy is not Available (commit finds it missing).
+    assert.equal((await snapshotAt(hkg, copyId)).status, 'Creating');
+    failDest = false;
+    await waitAvailable(set, hkg, copyId, 120_000);
+    await assertCopyIdentical(set, hkg, copyId, chunks);
+  } finally {
+    await set.close();
+  }
+});
