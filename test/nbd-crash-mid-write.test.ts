@@ -7,55 +7,26 @@
  * before a completed flush, or plainly) holds the new ones. And a client that dies in the middle of a
  * write's payload leaves that block as it was.
  */
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { BceClient } from '../src/lib/bce-client.ts';
 import * as C from '../src/blockdev/nbd/constants.ts';
 import { RawNbdClient } from './helpers/nbd-raw-client.ts';
 import { BLOCK, classify, oldBlock, oldRange, permutation, recordBlock } from './helpers/block-records.ts';
 import { NbdBlockClient } from './helpers/nbd-block-client.ts';
-import { sdkClient, send, until, waitSnapshot, waitVolume, type SdkClient } from './helpers/sdk.ts';
-import { spawnServer, type SpawnedServer } from './helpers/spawned-server.ts';
+import { until } from './helpers/sdk.ts';
+import { useOneRegion } from './helpers/one-region.ts';
 
 const run = promisify(execFile);
 const AK = 'crashw-access-key-0000000';
 const SK = 'crashw-secret-key-1111111';
 
 const MiB = 1 << 20;
-let server: SpawnedServer;
-let bj: SdkClient;
-
-before(async () => {
-  server = await spawnServer({ regions: ['bj'], env: { SNAPFERRY_ACCESS_KEY_ID: AK, SNAPFERRY_SECRET_ACCESS_KEY: SK } });
-  bj = sdkClient(server.urls.bj!, AK, SK);
-});
-after(async () => server?.dispose());
-
-async function newDisk(): Promise<string> {
-  const [id] = (await send(bj, 'POST', '/v2/volume', { body: { cdsSizeInGB: 1 } })).volumeIds;
-  await waitVolume(bj, id);
-  return id;
-}
-
-/** Bytes [offset, offset+length) of a disk, through the HTTP data API. */
-async function readData(id: string, offset: number, length: number): Promise<Buffer> {
-  const raw = new BceClient(server.urls.bj!, { accessKeyId: AK, secretAccessKey: SK });
-  try {
-    const res = await raw.send({ method: 'GET', path: `/v2/volume/${id}/data`, headers: { range: `bytes=${offset}-${offset + length - 1}` } });
-    const bytes = Buffer.from(await res.body.arrayBuffer());
-    assert.equal(bytes.length, length);
-    return bytes;
-  } finally {
-    await raw.close();
-  }
-}
-
-async function status(id: string): Promise<string> {
-  return (await send(bj, 'GET', `/v2/volume/${id}`)).volume.status;
-}
-const nbdUrl = (volumeId: string): string => `nbd://127.0.0.1:${server.nbdPort}/${volumeId}`;
+const region = useOneRegion(AK, SK);
+const { newDisk, readData } = region;
+const status = (id: string): Promise<string> => region.volumeStatus(id);
+const nbdUrl = (volumeId: string): string => `nbd://127.0.0.1:${region.server.nbdPort}/${volumeId}`;
 
 test('nbd crash: kill -9 of the server mid-write: after restart every block holds its old bytes or the new ones, never garbage, and every acknowledged write (FUA, flushed or plain) holds the new ones', async () => {
   // Chunks 0-63 hold old data, 64-127 were never written (old = zeros): writes land on both.
@@ -63,7 +34,7 @@ test('nbd crash: kill -9 of the server mid-write: after restart every block hold
   const span = 128 * MiB;
   const blocks = span / BLOCK;
   const holeFrom = blocks / 2;
-  const client = await NbdBlockClient.open(server.nbdPort, id);
+  const client = await NbdBlockClient.open(region.server.nbdPort, id);
   for (let first = 0; first < holeFrom; first += 256) await client.write(first * BLOCK, oldRange(first, 256));
   await client.flush();
   const order = permutation(blocks, 0xc4a54);
@@ -96,14 +67,14 @@ test('nbd crash: kill -9 of the server mid-write: after restart every block hold
   try {
     await until(async () => ackedCount >= 3000 || failure !== null, 60_000, '3000 writes acknowledged');
     assert.equal(failure, null, 'no write failed before the kill');
-    await server.crash();
+    await region.server.crash();
     await Promise.all(workers);
   } finally {
     client.destroy();
   }
   assert.ok(failure !== null, 'the writes were cut off by the kill');
   assert.ok(sent > ackedCount, 'writes were in flight at the kill');
-  await server.restart();
+  await region.server.restart();
   assert.equal(await status(id), 'Available', 'no block client survives a restart');
 
   const bytes = await readData(id, 0, span);
@@ -125,12 +96,12 @@ test('nbd crash: kill -9 of the server mid-write: after restart every block hold
 
 test('nbd crash: a block client that dies in the middle of a write payload, with writes in flight: the disk is released, the cut write is not applied, acknowledged writes are', async () => {
   const id = await newDisk();
-  const prefill = await NbdBlockClient.open(server.nbdPort, id);
+  const prefill = await NbdBlockClient.open(region.server.nbdPort, id);
   await prefill.write(0, oldRange(0, 64), { fua: true });
   await prefill.disconnect();
   await until(async () => (await status(id)) === 'Available', 10_000, 'released after the prefill');
 
-  const raw = await RawNbdClient.connect(server.nbdPort);
+  const raw = await RawNbdClient.connect(region.server.nbdPort);
   try {
     await raw.handshake(id);
     for (let i = 0; i < 8; i++) {
@@ -144,7 +115,7 @@ test('nbd crash: a block client that dies in the middle of a write payload, with
     raw.destroy();
   }
   await until(async () => (await status(id)) === 'Available', 10_000, 'released after the client died');
-  assert.equal((await fetch(`${server.urls.bj}/healthz`)).status, 200);
+  assert.equal((await fetch(`${region.server.urls.bj}/healthz`)).status, 200);
   const bytes = await readData(id, 0, 64 * BLOCK);
   for (let b = 0; b < 64; b++) {
     const c = classify(bytes.subarray(b * BLOCK, (b + 1) * BLOCK), b);

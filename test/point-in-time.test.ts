@@ -9,49 +9,20 @@
  * writes acknowledged before the snapshot was requested and no later than the writes sent after the
  * capture was seen running.
  */
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { BceClient } from '../src/lib/bce-client.ts';
 import { BLOCK, classify, oldBlock, oldRange, permutation, recordBlock } from './helpers/block-records.ts';
 import { NbdBlockClient } from './helpers/nbd-block-client.ts';
-import { sdkClient, send, until, waitSnapshot, waitVolume, type SdkClient } from './helpers/sdk.ts';
-import { spawnServer, type SpawnedServer } from './helpers/spawned-server.ts';
+import { send, until, waitSnapshot, waitVolume } from './helpers/sdk.ts';
+import { useOneRegion } from './helpers/one-region.ts';
 
 const AK = 'pit-access-key-0000000000';
 const SK = 'pit-secret-key-1111111111';
 
 const MiB = 1 << 20;
-let server: SpawnedServer;
-let bj: SdkClient;
-
-before(async () => {
-  server = await spawnServer({ regions: ['bj'], env: { SNAPFERRY_ACCESS_KEY_ID: AK, SNAPFERRY_SECRET_ACCESS_KEY: SK } });
-  bj = sdkClient(server.urls.bj!, AK, SK);
-});
-after(async () => server?.dispose());
-
-async function newDisk(): Promise<string> {
-  const [id] = (await send(bj, 'POST', '/v2/volume', { body: { cdsSizeInGB: 1 } })).volumeIds;
-  await waitVolume(bj, id);
-  return id;
-}
-
-/** Bytes [offset, offset+length) of a disk, through the HTTP data API. */
-async function readData(id: string, offset: number, length: number): Promise<Buffer> {
-  const raw = new BceClient(server.urls.bj!, { accessKeyId: AK, secretAccessKey: SK });
-  try {
-    const res = await raw.send({ method: 'GET', path: `/v2/volume/${id}/data`, headers: { range: `bytes=${offset}-${offset + length - 1}` } });
-    const bytes = Buffer.from(await res.body.arrayBuffer());
-    assert.equal(bytes.length, length);
-    return bytes;
-  } finally {
-    await raw.close();
-  }
-}
-
-async function status(id: string): Promise<string> {
-  return (await send(bj, 'GET', `/v2/volume/${id}`)).volume.status;
-}
+const region = useOneRegion(AK, SK);
+const { newDisk, readData } = region;
+const status = (id: string): Promise<string> => region.volumeStatus(id);
 
 test('point in time: a snapshot under a fast stream of writes in random order holds exactly the writes before one instant, and that instant lies between the request and the capture', async () => {
   // The first 256 MiB of the disk hold data, so the first snapshot must read 256 chunks: the capture
@@ -59,7 +30,7 @@ test('point in time: a snapshot under a fast stream of writes in random order ho
   const id = await newDisk();
   const span = 256 * MiB;
   const blocks = span / BLOCK;
-  const client = await NbdBlockClient.open(server.nbdPort, id);
+  const client = await NbdBlockClient.open(region.server.nbdPort, id);
   const order = permutation(blocks, 0x5eed);
   let started = 0;
   let completed = 0;
@@ -82,18 +53,18 @@ test('point in time: a snapshot under a fast stream of writes in random order ho
     })();
     await until(async () => completed >= 2000 || started >= blocks, 60_000, 'writer under way');
     seen.completedBeforeRequest = completed;
-    snapshotId = (await send(bj, 'POST', '/v2/snapshot', { body: { volumeId: id, snapshotName: 'under-writes' } })).snapshotId;
+    snapshotId = (await send(region.bj, 'POST', '/v2/snapshot', { body: { volumeId: id, snapshotName: 'under-writes' } })).snapshotId;
     // Progress above 0 means the capture has frozen the disk and read chunks: every write sent from
     // now on started after the instant the snapshot describes.
     const mid = await until(async () => {
-      const s = (await send(bj, 'GET', `/v2/snapshot/${snapshotId}`)).snapshot;
+      const s = (await send(region.bj, 'GET', `/v2/snapshot/${snapshotId}`)).snapshot;
       if (s.status === 'Creating' && Number(s.progress) === 0) return null;
       seen.startedAfterFreeze = started;
       return s;
     }, 60_000, 'capture under way');
     seen.progressSeen = `${mid.status} ${mid.progress}`;
     assert.equal(mid.status, 'Creating', `the capture was over before it was seen running (${JSON.stringify(seen)}): the test proves nothing`);
-    await waitSnapshot(bj, snapshotId);
+    await waitSnapshot(region.bj, snapshotId);
     seen.startedAtAvailable = started;
     stop = true;
     await writer;
@@ -105,8 +76,8 @@ test('point in time: a snapshot under a fast stream of writes in random order ho
   assert.ok(started < blocks, `the writer ran out of blocks before the snapshot was done (${JSON.stringify(seen)})`);
   assert.ok(seen.startedAtAvailable - seen.startedAfterFreeze >= 100, `writes landed while the capture ran (${JSON.stringify(seen)})`);
 
-  const [restored] = (await send(bj, 'POST', '/v2/volume', { body: { snapshotId } })).volumeIds;
-  await waitVolume(bj, restored);
+  const [restored] = (await send(region.bj, 'POST', '/v2/volume', { body: { snapshotId } })).volumeIds;
+  await waitVolume(region.bj, restored);
   const bytes = await readData(restored, 0, span);
   // Which writes does the snapshot hold? Each block was written at most once, so its bytes name the write.
   const included = new Uint8Array(started);

@@ -70,10 +70,14 @@ export type OpKind = (typeof OPS)[number];
 export type Layout = 'one' | 'two';
 const LAYOUTS: Layout[] = ['one', 'two'];
 
-/** Operation and layout of a trial seed: seed % 10 walks all ten pairs. */
-export function trialShape(seed: number): { op: OpKind; layout: Layout } {
+/**
+ * Operation and layout of a trial seed: seed % 10 walks all ten pairs; the next digit picks the
+ * variant where an operation has a few (restore: create or rollback; copy with one process per
+ * region: kill the source, the destination or both), so that consecutive seeds cover them all.
+ */
+export function trialShape(seed: number): { op: OpKind; layout: Layout; variant: number } {
   const k = ((seed % 10) + 10) % 10;
-  return { op: OPS[k % 5]!, layout: LAYOUTS[k % 2]! };
+  return { op: OPS[k % 5]!, layout: LAYOUTS[k % 2]!, variant: Math.floor(Math.abs(seed) / 10) };
 }
 
 export interface Fault {
@@ -570,6 +574,7 @@ class Trial {
     readonly readMode: 'full' | 'extents',
     readonly strictWire: boolean,
     readonly scale: number,
+    readonly variant: number,
     result: TrialResult,
   ) {
     this.result = result;
@@ -1094,7 +1099,7 @@ const operations: Record<OpKind, (t: Trial) => Promise<void>> = {
       source = await t.cleanSnapshot('bj', volumeId, image, 'copied-incremental');
     }
     t.wireNeeded = bytesToSend(image, held);
-    const target: Region | 'both' = t.world.layout === 'one' ? 'both' : rng.pick(['bj', 'hkg', 'both'] as const);
+    const target: Region | 'both' = t.world.layout === 'one' ? 'both' : (['bj', 'hkg', 'both'] as const)[t.variant % 3]!;
     const kind = t.world.layout === 'one' ? 'copy-process' : target === 'bj' ? 'copy-source' : target === 'hkg' ? 'copy-dest' : 'copy-both';
     const byRequest = rng.chance(0.15);
     const token = newToken();
@@ -1214,7 +1219,7 @@ const operations: Record<OpKind, (t: Trial) => Promise<void>> = {
     const cleanDigest = await t.readDigest('bj', clean, a.digest().keys());
     if (digestKey(cleanDigest) !== digestKey(a.digest())) t.lost(`a restore of ${snap} without any fault holds other bytes: ${digestDiff(cleanDigest, a.digest())}`);
     await send(t.world.sdk('bj'), 'DELETE', `/v2/volume/${clean}`).catch(() => {});
-    const rollback = rng.chance(0.5);
+    const rollback = t.variant % 2 === 1;
     // Sometimes the snapshot is deleted as soon as the restore was accepted: the restore's own
     // reference must keep its manifest and chunks from garbage collection until it is done.
     const deleteSource = rng.chance(0.4);
@@ -1235,7 +1240,7 @@ const operations: Record<OpKind, (t: Trial) => Promise<void>> = {
         acked = true;
         deleteAfterAck();
       }, () => {});
-      await sleep(rng.int(0, restoreMs));
+      await sleep(rng.int(0, Math.round(0.7 * restoreMs)));
       const v = await t.volume('bj', volumeId).catch(() => null);
       await t.kill('restore-rollback', 'bj', v?.status !== 'Available' || !acked, v ? `disk ${v.status}` : '');
       await call;
@@ -1260,7 +1265,7 @@ const operations: Record<OpKind, (t: Trial) => Promise<void>> = {
         id = x;
         deleteAfterAck();
       }, () => {});
-      await sleep(rng.int(0, restoreMs));
+      await sleep(rng.int(0, Math.round(0.7 * restoreMs)));
       const v = id ? await t.volume('bj', id).catch(() => null) : null;
       await t.kill('restore-create', 'bj', v?.status !== 'Available', v ? `disk ${v.status}` : 'during the create call');
       await call;
@@ -1296,7 +1301,7 @@ async function runTrial(index: number, seed: number, opts: { readMode: 'full' | 
   try {
     // Garbage collection every second with no grace, in every trial: whatever runs, runs beside it.
     world = await World.start(layout, dir, 1);
-    const trial = new Trial(new Rng(seed), world, dir, opts.readMode, opts.strictWire, opts.scale, result);
+    const trial = new Trial(new Rng(seed), world, dir, opts.readMode, opts.strictWire, opts.scale, trialShape(seed).variant, result);
     trial.phase('start');
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error(`the trial did not finish in ${TRIAL_MS / 1000} s`)), TRIAL_MS);
