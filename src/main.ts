@@ -30,6 +30,7 @@ import { collectGarbage } from './repository/garbage-collector.ts';
 import { Manifest } from './repository/manifest.ts';
 import { scrubRepository } from './repository/scrub.ts';
 import { CLIENT_TOKEN_TTL_MS } from './services/client-token.ts';
+import { distrustBasesNaming } from './services/disk-base.ts';
 import { DiskExports } from './services/disk-exports.ts';
 import { DiskLeases } from './services/disk-leases.ts';
 import { IncomingCopyService, incomingCopyMetrics } from './services/incoming-copy-service.ts';
@@ -159,7 +160,14 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
       internalRoutes({
         services: serviceDirectory(config.regionSecret), incoming, chunkSize: config.chunkSize,
         chunkEncodingHeader: CHUNK_ENCODING_HEADER, manifestPartMaxBytes: MANIFEST_PART_MAX_BYTES, now: Date.now,
-        admin: { scrub: () => scrubRepository(repo), gc: runGc, check: () => checkRegionIntegrity(region) },
+        admin: {
+          scrub: async () => {
+            const report = await scrubRepository(repo);
+            return { ...report, disksToReread: await distrustBasesNaming(region, report.damagedChunks, report.damagedManifests) };
+          },
+          gc: runGc,
+          check: () => checkRegionIntegrity(region),
+        },
       }),
     ],
   });

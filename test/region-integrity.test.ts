@@ -106,6 +106,21 @@ test('a missing chunk, a damaged chunk and a missing manifest are reported (exit
   for (const v of [volumeId, other.volumeId]) await send(bj, 'DELETE', `/v2/volume/${v}`);
 });
 
+test('every record naming a manifest with a missing chunk is reported: two snapshots of an unchanged disk and its base', async () => {
+  const lost = block('shared-manifest');
+  const { volumeId, snapshotId } = await diskAndSnapshot([lost]);
+  const { snapshotId: again } = await send(bj, 'POST', '/v2/snapshot', { body: { volumeId, snapshotName: 'again' } });
+  await waitSnapshot(bj, again);
+  await unlink(await blobFile(join(server.dataDir, 'bj', 'chunks'), idOf(lost)));
+  const { code, report } = await check();
+  assert.equal(code, 3);
+  for (const who of [`snapshot ${snapshotId}`, `snapshot ${again}`, `base of disk ${volumeId}`]) {
+    assert.ok(report.problems.some((p: string) => p.startsWith(who) && p.includes(`missing (first: ${idOf(lost)})`)), `${who}:\n${report.problems.join('\n')}`);
+  }
+  for (const s of [snapshotId, again]) await send(bj, 'DELETE', `/v2/snapshot/${s}`);
+  await send(bj, 'DELETE', `/v2/volume/${volumeId}`);
+});
+
 test('cross-row rules: Available without a manifest, a running job without a lease, a stuck Creating snapshot, a disk without files', async () => {
   const first = await diskAndSnapshot([block('d')]);
   const vanished = await diskAndSnapshot([block('e')]);

@@ -177,6 +177,12 @@ export class ChunkMap {
   changedSince(generation: number): ChunkSet {
     const out = new ChunkSet(this.entries.length);
     const e = this.entries;
+    if (generation < 0) {
+      // No trustworthy base (its manifest is gone, or named a chunk scrub removed): every chunk that
+      // may hold data, whatever its generation (a restored chunk is allocated in generation 0).
+      for (let i = 0; i < e.length; i++) if (e[i]! & ALLOCATED) out.add(i);
+      return out;
+    }
     for (let i = 0; i < e.length; i++) if ((e[i]! & GEN_MASK) > generation) out.add(i);
     return out;
   }

@@ -64,52 +64,55 @@ export async function checkRegionIntegrity(region: Region, opts: IntegrityOption
 
   // 2. Data: manifests and chunks.
   const verified = new BoundedSet(opts.verifiedCacheSize ?? 65_536);
-  const walked = new Set<string>();
+  // What each walked manifest's chunks came to (one walk per manifest however many records name it;
+  // every record naming a bad one is reported). A 'hash' result also answers a 'presence' walk.
+  const walked = new Map<string, { mode: 'hash' | 'presence'; missing: number; damaged: number; firstMissing: string; firstDamaged: string }>();
   const suspects: Array<{ problem: string; stillNamed: () => Promise<boolean> }> = [];
   const walk = async (manifestId: string, what: string, chunks: 'hash' | 'presence' | 'none', stillNamed: () => Promise<boolean>): Promise<void> => {
     const suspect = (problem: string): void => void suspects.push({ problem, stillNamed });
-    if (chunks !== 'none' && walked.has(manifestId)) return;
-    let manifest: Manifest;
-    try {
-      manifest = await region.repo.loadManifest(manifestId); // Manifest.decode of the stored bytes
-    } catch (e) {
-      suspect(`${what}: manifest ${manifestId} ${describeFailure(e)}`);
-      return;
-    }
-    report.manifestsChecked++;
-    if (chunks === 'none') return;
-    walked.add(manifestId);
-    let missing = 0;
-    let damaged = 0;
-    let firstMissing = '';
-    let firstDamaged = '';
-    for (const batch of manifest.chunkBatches(BATCH)) {
-      const todo = batch.filter((c) => !verified.has(c.id));
-      const present = await region.repo.chunks.has(todo.map((c) => c.id));
-      for (const c of todo) {
-        if (!present.has(c.id)) {
-          missing++;
-          firstMissing ||= c.id;
-        }
+    let result = chunks === 'none' ? undefined : walked.get(manifestId);
+    if (result && chunks === 'hash' && result.mode === 'presence') result = undefined;
+    if (!result) {
+      let manifest: Manifest;
+      try {
+        manifest = await region.repo.loadManifest(manifestId); // Manifest.decode of the stored bytes
+      } catch (e) {
+        suspect(`${what}: manifest ${manifestId} ${describeFailure(e)}`);
+        return;
       }
-      if (chunks === 'presence') continue;
-      await mapLimit(todo.filter((c) => present.has(c.id)), opts.parallelReads ?? 4, async (c) => {
-        const outcome = await readChunk(region.repo.chunks, c.id);
-        report.chunksChecked++;
-        if (outcome === 'ok') {
-          report.bytesChecked += c.length;
-          verified.add(c.id);
-        } else if (outcome === 'missing') {
-          missing++;
-          firstMissing ||= c.id;
-        } else {
-          damaged++;
-          firstDamaged ||= c.id;
+      report.manifestsChecked++;
+      if (chunks === 'none') return;
+      result = { mode: chunks, missing: 0, damaged: 0, firstMissing: '', firstDamaged: '' };
+      const r = result;
+      for (const batch of manifest.chunkBatches(BATCH)) {
+        const todo = batch.filter((c) => !verified.has(c.id));
+        const present = await region.repo.chunks.has(todo.map((c) => c.id));
+        for (const c of todo) {
+          if (!present.has(c.id)) {
+            r.missing++;
+            r.firstMissing ||= c.id;
+          }
         }
-      });
+        if (chunks === 'presence') continue;
+        await mapLimit(todo.filter((c) => present.has(c.id)), opts.parallelReads ?? 4, async (c) => {
+          const outcome = await readChunk(region.repo.chunks, c.id);
+          report.chunksChecked++;
+          if (outcome === 'ok') {
+            report.bytesChecked += c.length;
+            verified.add(c.id);
+          } else if (outcome === 'missing') {
+            r.missing++;
+            r.firstMissing ||= c.id;
+          } else {
+            r.damaged++;
+            r.firstDamaged ||= c.id;
+          }
+        });
+      }
+      walked.set(manifestId, result);
     }
-    if (missing > 0) suspect(`${what}: ${missing} chunk(s) of manifest ${manifestId} are missing (first: ${firstMissing})`);
-    if (damaged > 0) suspect(`${what}: ${damaged} chunk(s) of manifest ${manifestId} do not hash to their id (first: ${firstDamaged})`);
+    if (result.missing > 0) suspect(`${what}: ${result.missing} chunk(s) of manifest ${manifestId} are missing (first: ${result.firstMissing})`);
+    if (result.damaged > 0 && chunks === 'hash') suspect(`${what}: ${result.damaged} chunk(s) of manifest ${manifestId} do not hash to their id (first: ${result.firstDamaged})`);
   };
 
   const meta = region.meta;

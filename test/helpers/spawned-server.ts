@@ -60,7 +60,10 @@ export async function spawnServer(opts: SpawnOptions = {}): Promise<SpawnedServe
   const regions = opts.regions ?? ['bj', 'gz', 'hkg'];
   const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), 'snapferry-e2e-')));
   const port = opts.port ?? (await freePortRange(regions.length));
-  const nbdPort = await freePortRange(regions.length);
+  // Two independent picks can land on the same free range (nothing holds the ports between them):
+  // pick again until the NBD range is disjoint from the HTTP one, which the server insists on.
+  let nbdPort = await freePortRange(regions.length);
+  while (nbdPort < port + regions.length && port < nbdPort + regions.length) nbdPort = await freePortRange(regions.length);
   let out = '';
   let err = '';
   let child!: ChildProcess;
