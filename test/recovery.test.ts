@@ -170,3 +170,27 @@ test('recovery: jobs left running by a dead process run again at start, at once,
     await h.close();
   }
 });
+
+test('recovery: a snapshot whose create was cut short between its record and its job is captured at start, not left Creating', async () => {
+  const { dataDir, open } = await stoppedRegion();
+  let h = await open();
+  const data = Buffer.alloc(2 * MiB, 0x6b);
+  const volumeId = await availableDisk(h, data);
+  await h.close();
+  // What a crash after the snapshot's insert and before its enqueue leaves: a Creating record, no job.
+  editDb(dataDir, (db) => {
+    db.prepare(
+      `INSERT INTO snapshots (id, account_id, name, desc, volume_id, size_gb, create_time, status, create_method, progress, storage_type, tags)
+       VALUES ('s-cutshort', 'alice', 'cut', '', ?, 1, ?, 'Creating', 'MANUAL', 0, 'hp1', '[]')`,
+    ).run(volumeId, Date.now());
+  });
+  h = await open();
+  try {
+    await h.waitFor(async () => (await h.call('GET', '/v2/snapshot/s-cutshort')).json.snapshot.status === 'Available', 30_000);
+    const [restored] = (await h.call('POST', '/v2/volume', { cdsSizeInGB: 1, snapshotId: 's-cutshort' })).json.volumeIds;
+    await h.waitFor(async () => (await h.call('GET', `/v2/volume/${restored}`)).json.volume.status === 'Available', 30_000);
+    assert.ok((await readBack(h, restored, data.length)).equals(data));
+  } finally {
+    await h.close();
+  }
+});

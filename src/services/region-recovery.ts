@@ -4,6 +4,7 @@
  * state. Each step is idempotent.
  */
 import type { Region } from './region-context.ts';
+import { SNAPSHOT_CREATE_JOB } from './snapshot-jobs.ts';
 
 export async function recoverRegion(region: Region): Promise<void> {
   const requeued = await region.meta.jobs.requeueAllRunning();
@@ -22,6 +23,15 @@ export async function recoverRegion(region: Region): Promise<void> {
   // A resize cut short may have grown the file but not the record: not trustworthy.
   for (const v of await region.meta.volumes.listByStatus(['Scaling'])) {
     await region.meta.volumes.update(v.id, { status: 'Error', lastError: 'a resize was interrupted by a restart' }, ['Scaling']);
+  }
+  // A snapshot whose record was inserted but whose capture job was not (a crash between the two
+  // steps of snapshot create): enqueue it now. Enqueueing is idempotent by key, so a snapshot whose
+  // job exists is untouched; without this it would stay Creating forever.
+  for (const s of await region.meta.snapshots.listByStatus(['Creating'])) {
+    if (s.sourceRegion !== null || s.volumeId === '') continue; // incoming copies are driven by their source
+    if (await region.meta.jobs.getByKey(`snapshot.create:${s.id}`)) continue;
+    await region.jobs.enqueue({ kind: SNAPSHOT_CREATE_JOB, key: `snapshot.create:${s.id}`, group: `capture:${s.volumeId}`, payload: { snapshotId: s.id, volumeId: s.volumeId } });
+    region.log('warn', 'a snapshot had no capture job (a crash during its create); enqueued it', { snapshotId: s.id });
   }
   // Disk files whose volume record is gone (deleted, or never committed).
   for (const id of await region.disks.list()) {
