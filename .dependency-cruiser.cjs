@@ -30,9 +30,9 @@ const forbidden = layers.map((layer) => ({
 
 forbidden.push({
   name: 'only-main-picks-implementations',
-  comment: 'Concrete stores (SQLite, local dir, S3, PostgreSQL) are chosen in main.ts only.',
+  comment: 'Concrete stores (SQLite, local dir, S3, PostgreSQL) are chosen in main.ts and region-stores.ts only.',
   severity: 'error',
-  from: { path: '^src/', pathNot: ['^src/main\\.ts$', '^src/(metadata|chunkstore)/'] },
+  from: { path: '^src/', pathNot: ['^src/(main|region-stores)\\.ts$', '^src/(metadata|chunkstore)/'] },
   to: { path: ['^src/metadata/(sqlite|postgres)/', '^src/chunkstore/(local-dir-store|s3-store)'] },
 });
 

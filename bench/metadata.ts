@@ -72,8 +72,8 @@ const cases: Case[] = [
   {
     name: 'job claim + finish (cap 20 per group)',
     op: async (m, i) => {
-      const job = await m.jobs.claim(['copy'], `w${i % 16}`, Date.now(), 60_000, () => 20);
-      if (job) await m.jobs.finish(job.id, job.leaseOwner!, 'done', null);
+      const job = await m.jobs.claim(['copy'], `w${i % 16}`, Date.now(), 60_000, () => 20, null);
+      if (job) await m.jobs.finish(job.id, job.leaseToken, 'done', null);
     },
   },
   {

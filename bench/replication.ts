@@ -48,12 +48,12 @@ export async function replicationBench(): Promise<string[]> {
     const snapshotAndCopy = async (name: string): Promise<{ ms: number; bytes: number }> => {
       const { snapshotId } = await bj.json<{ snapshotId: string }>({ method: 'POST', path: '/v2/snapshot', json: { volumeId: vol, snapshotName: name } });
       await until(async () => (await bj.json<any>({ method: 'GET', path: `/v2/snapshot/${snapshotId}` })).snapshot.status === 'Available');
-      const sentBefore = await sentBytes(port);
+      const sentBefore = await sentBytes(port, config.metricsToken);
       const copy = await timed(async () => {
         const { result } = await bj.json<any>({ method: 'PUT', path: `/v2/snapshot/remote_copy/${snapshotId}`, json: { destRegionInfos: [{ destRegion: 'hkg' }] } });
         await until(async () => (await hkg.json<any>({ method: 'GET', path: `/v2/snapshot/${result[0].snapshotId}` })).snapshot.status === 'Available');
       });
-      return { ms: copy.ms, bytes: (await sentBytes(port)) - sentBefore };
+      return { ms: copy.ms, bytes: (await sentBytes(port, config.metricsToken)) - sentBefore };
     };
     const full = await snapshotAndCopy('full');
     const rsyncFull = await timed(() => run('rsync', ['--whole-file', image.path, path.join(dir, 'rsync-copy.raw')]));
@@ -82,8 +82,8 @@ export async function replicationBench(): Promise<string[]> {
   return lines;
 }
 
-async function sentBytes(port: number): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+async function sentBytes(port: number, token: string): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`, { headers: { authorization: `Bearer ${token}` } })).text();
   const m = /^snapferry_replication_bytes_sent_total\{destination="hkg"\} (\d+)/m.exec(text);
   return m ? Number(m[1]) : 0;
 }

@@ -11,6 +11,7 @@ const benches = [
   ['snapshot create vs cp', 'bench/snapshot.ts'],
   ['remote copy vs rsync', 'bench/replication.ts'],
   ['NBD (nbdcopy) vs nbdkit', 'bench/nbd.ts'],
+  ['scaled region (PostgreSQL + Ceph RGW) vs embedded', 'bench/scaled.ts'],
 ] as const;
 
 for (const [title, file] of benches) {

@@ -1,30 +1,42 @@
 /**
- * Composition root: the only module that picks concrete implementations (SQLite metadata, local
- * directory chunk stores) and wires a region together: stores, repository, disks, job runner,
- * services, HTTP app, replication peers. `startServer` runs every configured region in this process;
- * regions in one process still talk to each other only over HTTP, exactly as separate processes do.
+ * Composition root: wires a region together from the stores region-stores.ts opens (SQLite or
+ * PostgreSQL metadata, a local directory or an S3 bucket for chunks): repository, disks, job
+ * runner, services, HTTP app, replication peers, housekeeping. `startServer` runs every configured
+ * region in this process; regions in one process still talk to each other only over HTTP, exactly
+ * as separate processes do.
+ *
+ * Roles (config.ts `ROLES`) decide what a process of a region does: `api` serves the BCC API and
+ * the internal endpoints, `storage` owns disks (NBD, captures and restores of its disks), `worker`
+ * runs copies, garbage collection and housekeeping. Every process answers /healthz and /metrics.
  */
+import { randomUUID } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Credential, CredentialDirectory } from './api/authenticate.ts';
 import { internalRoutes } from './api/internal-routes.ts';
 import { buildRegionApp } from './api/region-app.ts';
+import { restrictRoutes } from './api/role-gate.ts';
+import { diskForwarding } from './api/disk-forwarding.ts';
 import { remoteCopyRoutes } from './api/remote-copy-routes.ts';
 import { DiskManager } from './blockdev/disk-manager.ts';
-import { startNbdServer, type NbdServer } from './blockdev/nbd/index.ts';
-import { LocalDirChunkStore, type LocalDirStoreOptions } from './chunkstore/local-dir-store.ts';
-import type { ServeConfig } from './config.ts';
+import { nbdPskKey, startNbdServer, type NbdServer } from './blockdev/nbd/index.ts';
+import type { LocalDirStoreOptions } from './chunkstore/local-dir-store.ts';
+import { isShared } from './backend-config.ts';
+import { ROLES, type Role, type ServeConfig } from './config.ts';
+import { ApiError } from './domain/errors.ts';
 import { isKnownRegion } from './domain/region.ts';
 import { JobRunner } from './jobs/job-runner.ts';
 import { jsonLogger, type LogFn } from './lib/logger.ts';
 import { MetricsRegistry } from './lib/metrics.ts';
 import { acquireDataDirLock } from './lib/data-dir-lock.ts';
 import { Sha256Pool } from './lib/sha256-pool.ts';
-import { SqliteMetadataStore } from './metadata/sqlite/sqlite-metadata-store.ts';
 import { copyJob } from './replication/copy-job.ts';
 import { CHUNK_ENCODING_HEADER, MANIFEST_PART_MAX_BYTES, PeerClient, SERVICE_KEY_PREFIX } from './replication/peer-client.ts';
 import { ReplicationMetrics } from './replication/replication-metrics.ts';
+import { openRegionStores, type RegionStores } from './region-stores.ts';
 import { ChunkRepository, RepositoryMetrics } from './repository/chunk-repository.ts';
 import { collectGarbage } from './repository/garbage-collector.ts';
 import { Manifest } from './repository/manifest.ts';
@@ -43,20 +55,32 @@ import { SnapshotService } from './services/snapshot-service.ts';
 import { VolumeDataService } from './services/volume-data-service.ts';
 import { volumeCreateJob, volumeRollbackJob } from './services/volume-jobs.ts';
 import { VolumeService } from './services/volume-service.ts';
+import { runAsSingleton } from './services/singleton.ts';
+import { COPY_JOB } from './replication/copy-payload.ts';
+import { SNAPSHOT_CREATE_JOB } from './services/snapshot-jobs.ts';
+import { VOLUME_CREATE_JOB, VOLUME_ROLLBACK_JOB } from './services/volume-jobs.ts';
 
 export interface BuiltRegion {
   region: Region;
   app: FastifyInstance;
   metrics: MetricsRegistry;
+  /** The stores the region was opened with (tests look into the bucket through `stores.bucket`). */
+  stores: RegionStores;
+  /** What this process does for the region. */
+  roles: ReadonlySet<Role>;
   /** Runs one garbage collection now (also what `snapferry gc` and the housekeeping timer run). */
   gc(): Promise<unknown>;
-  /** Starts the job runner and the periodic garbage collection. */
-  start(): void;
+  /**
+   * Starts the job runner, the periodic housekeeping (worker role) and, in a shared region, the
+   * heartbeat that records `address` (where this process listens) in the node registry.
+   */
+  start(address?: { url: string; nbd: string | null }): void;
   close(): Promise<void>;
 }
 
 export interface RunningServer {
-  regions: Array<BuiltRegion & { url: string; nbd: NbdServer }>;
+  /** `nbd` is null where the process does not have the storage role. */
+  regions: Array<BuiltRegion & { url: string; nbd: NbdServer | null }>;
   close(): Promise<void>;
 }
 
@@ -90,25 +114,82 @@ export interface BuildOptions {
   chunkFaults?: LocalDirStoreOptions['faultHook'];
 }
 
+/** How often a process of a shared region records that it is alive, and when it counts as gone. */
+const HEARTBEAT_MS = 5_000;
+const NODE_LIVE_MS = 20_000;
+/**
+ * One housekeeping round at a time per region, across its processes. Its lease is renewed while a
+ * round runs and kept between rounds; a dead holder's lapses after twice the job lease.
+ */
+const HOUSEKEEPING_LOCK = 'housekeeping';
+
+/** Job kinds each role runs; every process may enqueue any of them. */
+const KINDS_BY_ROLE: Record<Role, string[]> = {
+  api: [],
+  storage: [VOLUME_CREATE_JOB, VOLUME_ROLLBACK_JOB, SNAPSHOT_CREATE_JOB],
+  worker: [COPY_JOB],
+};
+
+/**
+ * The id a storage process of a shared region is known by: its disks are recorded with it, and the
+ * jobs on them wait for it. Kept in the region's directory so that it survives restarts (a fresh id
+ * would orphan every disk of the process); other roles own nothing and take a fresh id per start.
+ */
+function nodeIdentity(dir: string, storage: boolean): string {
+  if (!storage) return `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
+  const file = join(dir, 'node-id');
+  try {
+    return readFileSync(file, 'utf8').trim();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+  const id = `storage-${hostname()}-${randomUUID().slice(0, 8)}`;
+  writeFileSync(file, `${id}\n`, { flag: 'wx', mode: 0o644 });
+  return id;
+}
+
 export async function buildRegion(config: ServeConfig, name: string, hasher: Sha256Pool, log: LogFn, options: BuildOptions = {}): Promise<BuiltRegion> {
   const dir = join(config.dataDir, name);
   await mkdir(dir, { recursive: true });
-  const meta = new SqliteMetadataStore(join(dir, 'meta.db'));
-  const chunks = await LocalDirChunkStore.open(join(dir, 'chunks'), { hasher: (b) => hasher.hash(b), faultHook: options.chunkFaults });
-  const manifests = await LocalDirChunkStore.open(join(dir, 'manifests'), { hasher: (b) => hasher.hash(b) });
+  const backends = config.backends[name] ?? { metadata: { type: 'sqlite' as const }, chunkStore: { type: 'local' as const } };
+  const shared = isShared(backends);
+  const roles: ReadonlySet<Role> = config.roles ?? new Set(ROLES);
+  const processId = nodeIdentity(dir, shared && roles.has('storage'));
+  const stores = await openRegionStores(backends, {
+    dir, region: name, processName: `snapferry ${name} ${[...roles].join(',')}`, hash: (b) => hasher.hash(b), chunkFaults: options.chunkFaults,
+  });
+  const { meta, chunks, manifests } = stores;
   const metrics = new MetricsRegistry();
   const repo = new ChunkRepository(chunks, manifests, hasher, config.chunkSize, new RepositoryMetrics(metrics));
   const disks = new DiskManager(join(dir, 'disks'), config.chunkSize, {
     onCloseError: (volumeId, e) => log('error', 'closing an idle disk failed', { volumeId, err: String(e) }),
   });
-  await disks.init();
+  if (roles.has('storage')) await disks.init();
+  // In a shared region, a storage process runs the jobs of its own disks only (KINDS_BY_ROLE), and
+  // jobs without a node (copies) go to any worker.
+  const node = shared && roles.has('storage') ? processId : null;
   const jobs = new JobRunner({
     jobs: meta.jobs,
     concurrency: 64,
     groupLimit: (group) => (group.startsWith('copy:') ? config.copyConcurrencyPerDestination : group.startsWith('capture:') ? 1 : 4),
+    leaseMs: config.jobLeaseMs ?? 30_000,
+    node,
+    runKinds: [...roles].flatMap((r) => KINDS_BY_ROLE[r]),
+    // Several workers share a shared region's queue: each runs its share of the copies (the
+    // embedded layout keeps only the per-destination cap).
+    kindLimit: shared ? (kind) => (kind === COPY_JOB ? config.copiesPerWorker : Infinity) : undefined,
     log,
   });
-  const region: Region = { name, meta, jobs, disks, repo, leases: new DiskLeases(), log, steps: options.steps };
+  const placeDisk = async (): Promise<string | null> => {
+    if (!shared) return null;
+    // The live storage process with the fewest disks. A disk is placed once and stays there.
+    const now = Date.now();
+    const live = (await meta.nodes.listLive(now, NODE_LIVE_MS)).filter((n) => n.roles.includes('storage'));
+    if (live.length === 0) throw new ApiError('ServiceUnavailable', 'No storage process of this region is running; start one (snapferry serve --role storage) and retry.');
+    const counts = await meta.volumes.countByNode();
+    return live.reduce((best, n) => ((counts[n.id] ?? 0) < (counts[best.id] ?? 0) ? n : best)).id;
+  };
+  const region: Region = { name, meta, jobs, disks, repo, leases: new DiskLeases(), node, placeDisk, log, steps: options.steps };
 
   const urls = peerUrls(config);
   const peers = new Map<string, PeerClient>();
@@ -123,6 +204,8 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
   };
   const replicationMetrics = new ReplicationMetrics(metrics, meta.jobs, Object.keys(urls).filter((r) => r !== name));
 
+  // Every process registers every kind (an api process enqueues captures and copies that others
+  // run); which kinds it claims is its roles' (runKinds above).
   jobs.register(volumeCreateJob(region));
   jobs.register(volumeRollbackJob(region));
   jobs.register(snapshotCreateJob(region));
@@ -142,6 +225,8 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
       oldestHold: (now) => meta.gcHolds.oldestLiveStart(now),
       roots: () => gcRoots(region),
     });
+    // Index rows of puts and deletes that died midway (S3 store), with the cutoff this run used.
+    for (const store of [chunks, manifests]) await store.sweepAbandoned?.(result.cutoffMs);
     await meta.gcHolds.purgeLapsedBefore(Date.now() - 86_400_000);
     await meta.idempotency.purgeOlderThan(Date.now() - CLIENT_TOKEN_TTL_MS);
     await meta.jobs.deleteFinishedBefore(Date.now() - 7 * 86_400_000);
@@ -154,7 +239,9 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
     snapshots,
     volumeData: new VolumeDataService(region),
     metrics,
+    metricsToken: config.metricsToken,
     log,
+    debugLog: (msg, fields) => log('debug', msg, fields),
     extraRoutes: [
       remoteCopyRoutes(remoteCopies),
       internalRoutes({
@@ -171,9 +258,36 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
       }),
     ],
   });
-  await recoverRegion(region);
+  // In a shared region, requests that touch a disk's bytes go to the storage process that has it.
+  if (shared && roles.has('api')) {
+    const tenants = tenantDirectory(config);
+    diskForwarding(app, {
+      log,
+      ownerOf: async (volumeId, accessKeyId) => {
+        const v = await meta.volumes.getAny(volumeId);
+        // Not this caller's disk (or no disk): answered here, exactly like a missing one.
+        if (!v || !accessKeyId || tenants.lookup(accessKeyId)?.accountId !== v.accountId) return { here: true };
+        if (!v.storageNode || v.storageNode === node) return { here: true };
+        const owner = await meta.nodes.get(v.storageNode);
+        if (!owner || owner.heartbeatAt < Date.now() - NODE_LIVE_MS) {
+          throw new ApiError('ServiceUnavailable', `The storage process that holds disk ${volumeId} is not running; retry when it is back.`);
+        }
+        return { url: owner.url };
+      },
+    });
+  }
+  // A process without the api role answers /healthz, /metrics and the operator's admin calls (gc,
+  // scrub, check); a storage process also the disk routes api processes forward to a disk's owner.
+  if (!roles.has('api')) restrictRoutes(app, ['/healthz', '/metrics', '/internal/v1/admin/', ...(roles.has('storage') ? ['/v2/volume/'] : [])], log);
+  try {
+    await recoverRegion(region, { shared, storage: roles.has('storage') });
+  } catch (e) {
+    await stores.close();
+    throw e;
+  }
 
-  // Housekeeping on a timer. Each chore's failure is logged and does not stop the others.
+  // Housekeeping on a timer, by worker processes, one of them at a time per region (the lock is in
+  // the metadata store). Each chore's failure is logged and does not stop the others.
   const chores: Array<[string, () => Promise<unknown>]> = [
     ['expired snapshot deletion', () => snapshots.deleteExpired()],
     ['garbage collection', runGc],
@@ -184,48 +298,77 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
   const housekeeping = async (): Promise<void> => {
     if (housekeepingRuns) return; // the previous round is still going: skip, never pile up
     housekeepingRuns = true;
-    for (const [what, chore] of chores) {
-      try {
-        log('info', `${what} done`, { result: await chore() });
-      } catch (e) {
-        log('error', `${what} failed`, { err: String(e) });
-      }
+    try {
+      const ran = await runAsSingleton(meta.locks, HOUSEKEEPING_LOCK, processId, 2 * config.jobLeaseMs, async () => {
+        for (const [what, chore] of chores) {
+          try {
+            log('info', `${what} done`, { result: await chore() });
+          } catch (e) {
+            log('error', `${what} failed`, { err: String(e) });
+          }
+        }
+      });
+      if (!ran) log('info', 'housekeeping skipped: another process of the region runs it now');
+    } catch (e) {
+      log('error', 'housekeeping could not start', { err: String(e) });
+    } finally {
+      housekeepingRuns = false;
     }
-    housekeepingRuns = false;
   };
   let housekeepingTimer: NodeJS.Timeout | null = null;
+  let heartbeatTimer: NodeJS.Timeout | null = null;
+  const startedAt = Date.now();
   return {
     region,
     app,
     metrics,
+    stores,
+    roles,
     gc: runGc,
-    start() {
+    start(address) {
       jobs.start();
-      housekeepingTimer = setInterval(() => void housekeeping(), config.gcIntervalMs);
-      housekeepingTimer.unref();
+      if (roles.has('worker')) {
+        housekeepingTimer = setInterval(() => void housekeeping(), config.gcIntervalMs);
+        housekeepingTimer.unref();
+      }
+      if (shared && address) {
+        // The node registry: where api processes find a disk's storage process, and which storage
+        // processes may take new disks.
+        const beat = (): void => {
+          meta.nodes
+            .heartbeat({ id: processId, roles: [...roles], url: config.advertiseUrl ?? address.url, nbdAddress: address.nbd, startedAt }, Date.now())
+            .catch((e: unknown) => log('warn', 'could not record this process in the node registry', { err: String(e) }));
+        };
+        beat();
+        heartbeatTimer = setInterval(beat, HEARTBEAT_MS);
+        heartbeatTimer.unref();
+      }
     },
     async close() {
       if (housekeepingTimer) clearInterval(housekeepingTimer);
+      if (heartbeatTimer) clearInterval(heartbeatTimer);
       await app.close();
       await incoming.close();
       await jobs.stop();
       await Promise.allSettled([...peers.values()].map((p) => p.close()));
       await disks.closeAll();
-      await meta.close();
+      if (shared) await meta.nodes.remove(processId).catch(() => undefined);
+      await meta.locks.release(HOUSEKEEPING_LOCK, processId).catch(() => undefined);
+      await stores.close();
     },
   };
 }
 
 export async function startServer(config: ServeConfig, out: NodeJS.WritableStream = process.stdout): Promise<RunningServer> {
-  const releaseLock = acquireDataDirLock(config.dataDir);
+  const releaseLocks = lockDataDir(config);
   const hasher = new Sha256Pool();
-  const running: Array<BuiltRegion & { url: string; nbd: NbdServer }> = [];
+  const running: Array<BuiltRegion & { url: string; nbd: NbdServer | null }> = [];
   const closeAll = async (): Promise<void> => {
     // Block clients first (their disks go back to Available), then HTTP, jobs and stores.
-    await Promise.allSettled(running.map((r) => r.nbd.close()));
+    await Promise.allSettled(running.map((r) => r.nbd?.close()));
     await Promise.allSettled(running.map((r) => r.close()));
     await hasher.close();
-    releaseLock();
+    releaseLocks();
   };
   try {
     for (const [index, name] of config.regions.entries()) {
@@ -238,25 +381,72 @@ export async function startServer(config: ServeConfig, out: NodeJS.WritableStrea
         const why = (e as NodeJS.ErrnoException).code === 'EADDRINUSE' ? 'the port is in use' : (e as Error).message;
         throw new Error(`region ${name} cannot listen on ${config.host}:${port}: ${why}`);
       }
-      let nbd: NbdServer;
-      try {
-        nbd = await startNbdServer({ host: config.host, port: config.nbdPort + index, exports: new DiskExports(built.region), log: (level, msg, fields) => level !== 'debug' && built.region.log(level, msg, fields) });
-      } catch (e) {
-        await built.close();
-        const why = (e as NodeJS.ErrnoException).code === 'EADDRINUSE' ? 'the port is in use' : (e as Error).message;
-        throw new Error(`region ${name} cannot serve NBD on ${config.host}:${config.nbdPort + index}: ${why}`);
+      // Disks are served where they live: by storage processes only.
+      let nbd: NbdServer | null = null;
+      if (built.roles.has('storage')) {
+        try {
+          const exports = new DiskExports(built.region);
+          const tenants = tenantDirectory(config);
+          nbd = await startNbdServer({
+            host: config.host,
+            port: config.nbdPort + index,
+            exports,
+            // PSK identities are tenants' access key ids only: the regions' service key opens no disk.
+            tls: {
+              mode: config.nbdTls,
+              keyFor: (identity) => {
+                const c = tenants.lookup(identity);
+                return c ? { accountId: c.accountId, key: nbdPskKey(c.secretAccessKey) } : null;
+              },
+              exportsFor: (accountId) => exports.forAccount(accountId),
+            },
+            log: (level, msg, fields) => level !== 'debug' && built.region.log(level, msg, fields),
+          });
+        } catch (e) {
+          await built.close();
+          const why = (e as NodeJS.ErrnoException).code === 'EADDRINUSE' ? 'the port is in use' : (e as Error).message;
+          throw new Error(`region ${name} cannot serve NBD on ${config.host}:${config.nbdPort + index}: ${why}`);
+        }
       }
       const url = `http://${config.host}:${port}`;
       running.push({ ...built, url, nbd });
     }
     // Jobs start once every region of this process listens: a copy to a neighbour finds it up.
     for (const r of running) {
-      r.start();
-      out.write(`snapferry: region ${r.region.name} ready on ${r.url} (nbd ${config.host}:${r.nbd.port})\n`);
+      r.start({ url: r.url, nbd: r.nbd ? `${config.host}:${r.nbd.port}` : null });
+      const roles = r.roles.size === ROLES.length ? '' : ` as ${[...r.roles].join(',')}`;
+      out.write(`snapferry: region ${r.region.name} ready on ${r.url}${r.nbd ? ` (nbd ${config.host}:${r.nbd.port})` : ''}${roles}\n`);
     }
   } catch (e) {
     await closeAll();
     throw e;
   }
   return { regions: running, close: closeAll };
+}
+
+/**
+ * The data-dir locks this process needs (see docs/design.md, "one process per data dir"). What is
+ * local must have one owner: an embedded region's whole directory (SQLite, chunks, disks), and a
+ * shared region's disks, owned by its storage process. A process serving any embedded region takes
+ * the data dir's lock, as before; every region whose directory holds something of this process's
+ * own is locked too, so an embedded process and a storage process of a shared region never share
+ * a region directory. Processes of a shared region without the storage role own nothing local
+ * and take no lock: several of them (and its storage process) may run from one data dir.
+ */
+function lockDataDir(config: ServeConfig): () => void {
+  const releases: Array<() => void> = [];
+  const release = (): void => {
+    for (const r of releases.splice(0).reverse()) r();
+  };
+  try {
+    const backends = config.regions.map((name) => ({ name, shared: isShared(config.backends[name] ?? { metadata: { type: 'sqlite' }, chunkStore: { type: 'local' } }) }));
+    if (backends.some((b) => !b.shared)) releases.push(acquireDataDirLock(config.dataDir));
+    for (const b of backends) {
+      if (!b.shared || config.roles.has('storage')) releases.push(acquireDataDirLock(join(config.dataDir, b.name)));
+    }
+  } catch (e) {
+    release();
+    throw e;
+  }
+  return release;
 }

@@ -13,6 +13,7 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true'; // the 
 import {
   AbortMultipartUploadCommand,
   CreateBucketCommand,
+  CreateMultipartUploadCommand,
   DeleteBucketCommand,
   DeleteObjectCommand,
   GetObjectCommand,
@@ -474,12 +475,27 @@ function s3Suites(): void {
       await store.put(live.id, live.data);
       await store.sync();
       assert.deepEqual(await store.has([orphan.id, dead.id, live.id]), new Set([live.id]));
-      assert.deepEqual(await store.sweepAbandoned(Date.now() - 5000), { storing: 1, deleting: 1 });
+      assert.deepEqual(await store.sweepAbandoned(Date.now() - 5000), { storing: 1, deleting: 1, multipartUploads: 0 });
       assert.equal(await rawGet(store.objectKey(orphan.id)), null);
       assert.equal(await rawGet(store.objectKey(dead.id)), null);
       assert.deepEqual(await store.get(live.id), live.data);
       assert.deepEqual([...(await listAll(store)).keys()], [live.id]);
       assert.equal([...(index as MemoryChunkIndex).rows.keys()].length, 1);
+      await emptyPrefix(prefix);
+    });
+
+    it('sweepAbandoned aborts multipart uploads a dead process left under its prefix, and no one else\'s', async () => {
+      const { store, prefix } = await openStore({ namespace: 'manifests', staleUploadMs: 0 });
+      const left = await admin.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: store.objectKey(blob(10).id) }));
+      const foreign = await admin.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: `elsewhere-${prefix}x` }));
+      const uploads = async (): Promise<string[]> => ((await admin.send(new ListMultipartUploadsCommand({ Bucket: bucket }))).Uploads ?? []).map((u) => u.UploadId!);
+      assert.ok((await uploads()).includes(left.UploadId!));
+      await new Promise((r) => setTimeout(r, 1100)); // RGW's Initiated has whole seconds
+      assert.equal((await store.sweepAbandoned(Date.now())).multipartUploads, 1);
+      const after = await uploads();
+      assert.ok(!after.includes(left.UploadId!), 'the abandoned upload is gone');
+      assert.ok(after.includes(foreign.UploadId!), 'an upload outside the store\'s prefix is left alone');
+      await admin.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: `elsewhere-${prefix}x`, UploadId: foreign.UploadId! }));
       await emptyPrefix(prefix);
     });
   });

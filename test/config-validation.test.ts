@@ -107,7 +107,8 @@ test('ports from flags: out of range, not a number, no room for every region, HT
 });
 
 test('environment: SNAPFERRY_LOG_LEVEL must be a level; an empty SNAPFERRY_DATA_DIR means the default', async () => {
-  await assert.rejects(load({}, { SNAPFERRY_LOG_LEVEL: 'debug' }), refuses(/^SNAPFERRY_LOG_LEVEL must be one of info, warn, error, not "debug"$/));
+  await assert.rejects(load({}, { SNAPFERRY_LOG_LEVEL: 'trace' }), refuses(/^SNAPFERRY_LOG_LEVEL must be one of debug, info, warn, error, not "trace"$/));
+  await load({}, { SNAPFERRY_LOG_LEVEL: 'debug' }); // aborted requests are logged at debug
   for (const level of ['', 'info', 'warn', 'error']) await load({}, { SNAPFERRY_LOG_LEVEL: level });
   const cwd = await tempDir();
   const before = process.cwd();
@@ -127,5 +128,65 @@ test('`snapferry serve` with a bad setting exits non-zero with one line naming i
   assert.doesNotMatch(r.stdout, /ready/);
   const env = await runCli(['serve', '--data-dir', await tempDir(), '--regions', 'bj'], { ...KEYS, SNAPFERRY_LOG_LEVEL: 'verbose' }, 60_000);
   assert.equal(env.code, 2, env.stderr);
-  assert.equal(env.stderr, 'snapferry: SNAPFERRY_LOG_LEVEL must be one of info, warn, error, not "verbose"\n');
+  assert.equal(env.stderr, 'snapferry: SNAPFERRY_LOG_LEVEL must be one of debug, info, warn, error, not "verbose"\n');
+});
+
+test('region backends: PostgreSQL + S3 from the config file, secrets from the environment, defaults embedded', async () => {
+  const file = await configFile({
+    regions: {
+      bj: {
+        metadata: { type: 'postgres', url: 'postgres://sf@db:5432/snapferry_bj' },
+        chunkStore: { type: 's3', endpoint: 'http://rgw:7480/', bucket: 'snapferry-bj', prefix: 'r/', region: 'us-east-1', forcePathStyle: true },
+      },
+      hkg: {},
+    },
+    jobLeaseSeconds: 12,
+  });
+  const config = await load({ config: file }, { SNAPFERRY_BJ_S3_ACCESS_KEY_ID: 'env-ak', SNAPFERRY_BJ_S3_SECRET_ACCESS_KEY: 'env-sk', SNAPFERRY_BJ_POSTGRES_URL: 'postgres://sf:pw@db2:5432/x' });
+  assert.deepEqual(config.regions, ['bj', 'hkg'], 'the object form serves its regions');
+  assert.deepEqual(config.backends.bj, {
+    metadata: { type: 'postgres', url: 'postgres://sf:pw@db2:5432/x' },
+    chunkStore: { type: 's3', endpoint: 'http://rgw:7480', bucket: 'snapferry-bj', prefix: 'r/', region: 'us-east-1', accessKeyId: 'env-ak', secretAccessKey: 'env-sk', forcePathStyle: true },
+  });
+  assert.deepEqual(config.backends.hkg, { metadata: { type: 'sqlite' }, chunkStore: { type: 'local' } });
+  assert.equal(config.jobLeaseMs, 12_000);
+  assert.deepEqual([...config.roles].sort(), ['api', 'storage', 'worker']);
+  const defaults = await load({});
+  assert.equal(defaults.jobLeaseMs, 30_000);
+  assert.equal(defaults.copiesPerWorker, 4);
+  for (const r of defaults.regions) assert.deepEqual(defaults.backends[r], { metadata: { type: 'sqlite' }, chunkStore: { type: 'local' } });
+  // --regions picks among the configured ones; a region the object does not name is embedded.
+  const one = await load({ config: file, regions: 'hkg,gz' }, { SNAPFERRY_BJ_S3_ACCESS_KEY_ID: 'a', SNAPFERRY_BJ_S3_SECRET_ACCESS_KEY: 'b' });
+  assert.deepEqual(one.backends.gz, { metadata: { type: 'sqlite' }, chunkStore: { type: 'local' } });
+});
+
+test('region backends and roles that cannot work are refused at start, naming the setting; no secret in the message', async () => {
+  const s3 = { type: 's3', endpoint: 'http://rgw:7480', bucket: 'snapferry-bj', accessKeyId: 'ak', secretAccessKey: 'very-secret-key' };
+  const pgm = { type: 'postgres', url: 'postgres://sf:hunter2@db/x' };
+  const cases: Array<[unknown, ServeFlags, RegExp]> = [
+    [{ regions: { bj: { metadata: { type: 'mysql' } } } }, {}, /regions\.bj .*\.metadata\.type must be "sqlite" or "postgres"/],
+    [{ regions: { bj: { metadata: { type: 'postgres', url: 'mysql://x' } } } }, {}, /metadata\.url must be a postgres:\/\//],
+    [{ regions: { bj: { metadata: pgm, chunkStore: { ...s3, bucket: 'Bad_Bucket' } } } }, {}, /bucket must be an S3 bucket name/],
+    [{ regions: { bj: { metadata: pgm, chunkStore: { ...s3, endpoint: 'rgw:7480' } } } }, {}, /endpoint must be an http\(s\) URL/],
+    [{ regions: { bj: { metadata: pgm, chunkStore: { ...s3, accessKeyId: undefined } } } }, {}, /needs accessKeyId and secretAccessKey .*SNAPFERRY_BJ_S3_ACCESS_KEY_ID/],
+    [{ regions: { bj: { metadata: pgm, chunkStore: { ...s3, buckett: 'x' } } } }, {}, /unknown setting "buckett"/],
+    [{ regions: { bj: { metadata: pgm, chunkStore: s3, extra: 1 } } }, {}, /unknown setting "extra" in regions\.bj/],
+    [{ regions: { zz: {} } }, {}, /unknown region "zz"/],
+    [{ regions: { bj: {} } }, { role: 'worker' }, /region bj keeps its metadata in SQLite, which one process owns/],
+    [{ regions: { bj: { metadata: pgm } } }, { role: 'api' }, /region bj keeps its chunks in a local directory/],
+    [{ regions: { bj: { metadata: pgm, chunkStore: s3 } } }, { role: 'api,cook' }, /--role takes a comma list of api, storage, worker, not "cook"/],
+    [{ jobLeaseSeconds: 1 }, {}, /jobLeaseSeconds .* from 3 to 3600, not 1/],
+    [{ copiesPerWorker: 0 }, {}, /copiesPerWorker .* from 1 to 64, not 0/],
+  ];
+  for (const [content, flags, message] of cases) {
+    const file = await configFile(content);
+    await assert.rejects(load({ config: file, ...flags }), (e: unknown) => {
+      refuses(message)(e);
+      assert.doesNotMatch((e as Error).message, /hunter2|very-secret-key/);
+      return true;
+    }, `${JSON.stringify(content)} ${JSON.stringify(flags)}`);
+  }
+  const scaled = await load({ config: await configFile({ regions: { bj: { metadata: pgm, chunkStore: s3 } } }), role: 'worker' });
+  assert.deepEqual([...scaled.roles], ['worker']);
+  await assert.rejects(load({ advertiseUrl: 'ftp://x' }), refuses(/--advertise-url must be an http\(s\) URL/));
 });

@@ -14,6 +14,7 @@ import { PostgresMetadataStore } from '../src/metadata/postgres/postgres-metadat
 import { createPool, MetadataOpenError, withTransaction } from '../src/metadata/postgres/connection.ts';
 import { MIGRATIONS, SCHEMA_VERSION } from '../src/metadata/postgres/migrations.ts';
 import { JobRunner } from '../src/jobs/job-runner.ts';
+import { LeaseLostError } from '../src/metadata/metadata-store.ts';
 import { metadataContract, snapshot, volume } from './helpers/metadata-contract.ts';
 import { chunkIndexContract } from './helpers/chunk-index-contract.ts';
 import { admin, freePort, freshDatabase, PG_URL_MISSING, withDatabase, wrongPasswordServer } from './helpers/postgres-server.ts';
@@ -76,6 +77,7 @@ function suite(server: string): void {
     await first.close();
     const second = await PostgresMetadataStore.open(url);
     assert.deepEqual(await second.volumes.getAny(v.id), v);
+    assert.equal(second.shared, true, 'several processes may share a PostgreSQL store');
     await second.close();
     const versions = await admin(url, 'SELECT version FROM schema_migrations ORDER BY version');
     assert.deepEqual(versions.rows.map((r) => r.version), Array.from({ length: SCHEMA_VERSION }, (_, i) => i + 1));
@@ -244,7 +246,7 @@ function suite(server: string): void {
     await Promise.all(Array.from({ length: 10 }, async (_, c) => {
       const store = stores[c % 2]!;
       for (;;) {
-        const job = await store.jobs.claim(['k'], `w${c}`, now, 60_000, () => Infinity);
+        const job = await store.jobs.claim(['k'], `w${c}`, now, 60_000, () => Infinity, null);
         if (!job) return;
         claimed.push(job.id);
       }
@@ -259,7 +261,7 @@ function suite(server: string): void {
     const cap = (g: string): number => (g === 'uncapped' ? Infinity : 2);
     for (let round = 0; round < 8; round++) {
       const now = Date.now();
-      const got = (await Promise.all(Array.from({ length: 10 }, (_, c) => stores[c % 2]!.jobs.claim(['copy'], `w${c}`, now, 60_000, cap)))).filter((j) => j !== null);
+      const got = (await Promise.all(Array.from({ length: 10 }, (_, c) => stores[c % 2]!.jobs.claim(['copy'], `w${c}`, now, 60_000, cap, null)))).filter((j) => j !== null);
       const running = await stores[1]!.jobs.list(['running']);
       const perGroup = new Map<string, number>();
       for (const j of running) perGroup.set(j.group, (perGroup.get(j.group) ?? 0) + 1);
@@ -268,18 +270,71 @@ function suite(server: string): void {
       assert.equal(perGroup.get('copy:gz'), 2);
       if (round === 0) assert.equal(got.length, 5, 'two per capped group and the uncapped one');
       // Finish what this round claimed, so the next round claims again at the boundary.
-      for (const j of got) if (j!.group !== 'uncapped') await stores[0]!.jobs.finish(j!.id, j!.leaseOwner!, 'done', null);
+      for (const j of got) if (j!.group !== 'uncapped') await stores[0]!.jobs.finish(j!.id, j!.leaseToken, 'done', null);
     }
   }));
 
   test('PostgreSQL: an expired lease is taken over by exactly one process, and every claim bumps the fencing token', withStores(2, async (stores, url) => {
     const job = await stores[0]!.jobs.enqueue({ kind: 'k', key: 'lease', group: 'g', payload: {} });
     const t = Date.now();
-    assert.ok(await stores[0]!.jobs.claim(['k'], 'w0', t, 1000, () => 1));
-    const takers = await Promise.all(Array.from({ length: 8 }, (_, i) => stores[i % 2]!.jobs.claim(['k'], `w${i + 1}`, t + 2000, 1000, () => 1)));
-    assert.equal(takers.filter((j) => j !== null).length, 1);
+    const first = (await stores[0]!.jobs.claim(['k'], 'w0', t, 1000, () => 1, null))!;
+    assert.equal(first.leaseToken, 1);
+    const takers = await Promise.all(Array.from({ length: 8 }, (_, i) => stores[i % 2]!.jobs.claim(['k'], `w${i + 1}`, t + 2000, 1000, () => 1, null)));
+    const won = takers.filter((j) => j !== null);
+    assert.equal(won.length, 1);
+    assert.equal(won[0]!.leaseToken, 2);
     const token = await admin(url, 'SELECT lease_token, attempts FROM jobs WHERE id = $1', [job.id]);
     assert.deepEqual(token.rows[0], { lease_token: '2', attempts: 2 });
+  }));
+
+  test('PostgreSQL COORD-1: a stale holder racing the new holder from another process changes nothing', withStores(2, async ([p1, p2]) => {
+    // Per round: p1 claimed the job and stalled past its lease; p2 claims it again while p1, waking
+    // up, saves progress and finishes, all at once. p1's writes are refused whatever the interleaving.
+    for (let round = 0; round < 20; round++) {
+      const job = await p1!.jobs.enqueue({ kind: 'k', key: `race-${round}`, group: 'g', payload: {} });
+      const t = Date.now(); // not before the enqueue: the job is runnable from its enqueue on
+      const stale = (await p1!.jobs.claim(['k'], 'p1', t, 1000, () => Infinity, null))!;
+      assert.equal(stale.id, job.id);
+      const [claimed, saved, finished] = await Promise.allSettled([
+        p2!.jobs.claim(['k'], 'p2', t + 1000, 60_000, () => Infinity, null),
+        p1!.jobs.saveProgress(stale.id, stale.leaseToken, { stale: true }),
+        p1!.jobs.finish(stale.id, stale.leaseToken, 'done', null),
+      ]);
+      assert.equal(claimed.status, 'fulfilled');
+      const taken = (claimed as PromiseFulfilledResult<Awaited<ReturnType<typeof p2.jobs.claim>>>).value;
+      const row = (await p2!.jobs.get(job.id))!;
+      if (taken) {
+        // p2 holds it: p1's finish, had it come first, would have left nothing to claim.
+        assert.equal(finished.status, 'rejected', `round ${round}: the stale finish was refused`);
+        assert.ok((finished as PromiseRejectedResult).reason instanceof LeaseLostError);
+        assert.deepEqual([row.state, row.leaseOwner, row.leaseToken], ['running', 'p2', stale.leaseToken + 1]);
+        if (saved.status === 'rejected') assert.ok(saved.reason instanceof LeaseLostError);
+        await p2!.jobs.finish(job.id, taken.leaseToken, 'done', null);
+      } else {
+        // p2's claim came after p1's finish, or skipped the row while p1 was writing it (SKIP
+        // LOCKED): either way p1 was still the holder when it finished.
+        assert.equal(finished.status, 'fulfilled', `round ${round}: nobody holds the job and p1 did not finish it`);
+        assert.deepEqual([row.state, row.leaseToken], ['done', stale.leaseToken]);
+      }
+    }
+  }));
+
+  test('PostgreSQL COORD-3: two processes racing for a lock 50 times: exactly one wins each round', withStores(2, async ([p1, p2]) => {
+    const wins = { p1: 0, p2: 0 };
+    for (let round = 0; round < 50; round++) {
+      // Each round a fresh name (both find it free) or the lapse of the last round's lock (both find it lapsed).
+      const name = round % 2 === 0 ? `housekeeping-${round}` : 'gc';
+      const now = 1_000_000 + round * 100_000;
+      const [a, b] = await Promise.all([p1!.locks.tryAcquire(name, 'p1', now, 30_000), p2!.locks.tryAcquire(name, 'p2', now, 30_000)]);
+      assert.equal(Number(a) + Number(b), 1, `round ${round}: p1 ${a}, p2 ${b}`);
+      if (a) wins.p1++;
+      else wins.p2++;
+      const winner = a ? p1! : p2!;
+      const loser = a ? p2! : p1!;
+      assert.equal(await loser.locks.tryAcquire(name, a ? 'p2' : 'p1', now + 1, 30_000), false, `round ${round}: the loser stays out`);
+      assert.equal(await winner.locks.tryAcquire(name, a ? 'p1' : 'p2', now + 2, 30_000), true, `round ${round}: the winner extends`);
+    }
+    assert.equal(wins.p1 + wins.p2, 50);
   }));
 
   test('PostgreSQL: two concurrent inserts at the quota boundary: exactly one wins', withStores(2, async (stores) => {

@@ -5,7 +5,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { ApiError } from '../domain/errors.ts';
 import {
-  AuthHeaderParseError, computeSignature, parseAuthorization, parseRawQuery, signaturesEqual,
+  AuthHeaderParseError, canonicalHeaders, computeSignature, parseAuthorization, parseRawQuery, signaturesEqual,
 } from '../lib/bce-auth.ts';
 
 export interface Credential {
@@ -27,7 +27,13 @@ export interface RequestToVerify {
   headers: IncomingHttpHeaders;
 }
 
-export function authenticate(req: RequestToVerify, directory: CredentialDirectory, now: number): Credential & { accessKeyId: string } {
+export interface Authenticated extends Credential {
+  accessKeyId: string;
+  /** The (lower-case) names of the headers the signature covers. */
+  signedHeaders: string[];
+}
+
+export function authenticate(req: RequestToVerify, directory: CredentialDirectory, now: number): Authenticated {
   const header = req.headers.authorization;
   if (!header) throw new ApiError('AccessDenied', 'The request is not signed: no Authorization header.');
   if (req.headers['x-bce-security-token']) throw new ApiError('AccessDenied', 'Session tokens (x-bce-security-token) are not supported.');
@@ -68,5 +74,5 @@ export function authenticate(req: RequestToVerify, directory: CredentialDirector
   if (Math.abs(now - parsed.timestampMs) > MAX_CLOCK_SKEW_MS) {
     throw new ApiError('RequestExpired', 'The request timestamp is more than 30 minutes away from the server clock.');
   }
-  return { ...credential, accessKeyId: parsed.accessKeyId };
+  return { ...credential, accessKeyId: parsed.accessKeyId, signedHeaders: canonicalHeaders(headers, parsed.signedHeaders).names };
 }

@@ -2,15 +2,16 @@
  * Region-to-region endpoints under /internal/v1. They accept only the regions' service credential
  * (`snapferry-region-<name>` signed with the shared region secret): a tenant's keys are unknown
  * here and answer InvalidAccessKeyId. Also the operator's admin calls (scrub, gc, check), with the same
- * credential.
+ * credential. A request with a body must carry a signed `x-bce-content-sha256` (MissingDigest).
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ApiError } from '../domain/errors.ts';
 import { MAX_DISK_GB } from '../domain/volume.ts';
 import type { IncomingCopyService } from '../services/incoming-copy-service.ts';
 import { authenticate, type CredentialDirectory } from './authenticate.ts';
-import { readJsonBody, reqString } from './json-input.ts';
-import { bodyStream } from './route-kit.ts';
+import { CONTENT_SHA256_HEADER, hasBody } from './body-guard.ts';
+import { MAX_JSON_BODY, readJsonBody, reqString } from './json-input.ts';
+import { bodyStream, readWholeBody } from './route-kit.ts';
 
 /** What the admin routes can do; provided by main.ts. */
 export interface AdminOperations {
@@ -52,12 +53,19 @@ const SNAPSHOT_ID = /^s-[A-Za-z0-9]{1,64}$/;
 
 export function internalRoutes(deps: InternalRouteDeps) {
   return (app: FastifyInstance): void => {
-    const route = (method: 'GET' | 'PUT' | 'POST', url: string, handler: (req: FastifyRequest, params: Record<string, string>) => Promise<unknown>): void => {
+    const route = (method: 'GET' | 'PUT' | 'POST', url: string, handler: (req: FastifyRequest, params: Record<string, string>) => Promise<unknown>, bodyLimit = MAX_JSON_BODY): void => {
       app.route({
         method,
         url,
+        bodyLimit,
         handler: async (req, reply) => {
-          authenticate({ method: req.method, rawUrl: req.raw.url ?? req.url, headers: req.headers }, deps.services, deps.now());
+          const who = authenticate({ method: req.method, rawUrl: req.raw.url ?? req.url, headers: req.headers }, deps.services, deps.now());
+          // Every body between regions carries its signed SHA-256, and is read and verified whole
+          // before the handler acts on it (route-kit.ts).
+          if (hasBody(req.headers) && (!req.headers[CONTENT_SHA256_HEADER] || !who.signedHeaders.includes(CONTENT_SHA256_HEADER))) {
+            throw new ApiError('MissingDigest', `A ${req.method} with a body to /internal/v1 must carry a signed ${CONTENT_SHA256_HEADER} header.`);
+          }
+          await readWholeBody(req);
           const params = req.params as Record<string, string>;
           if (params.id !== undefined && !SNAPSHOT_ID.test(params.id)) throw new ApiError('BadRequest', `${JSON.stringify(params.id)} is not a snapshot id.`);
           const result = await handler(req, params);
@@ -91,18 +99,19 @@ export function internalRoutes(deps: InternalRouteDeps) {
     });
     route('PUT', '/internal/v1/snapshots/:id/manifest/parts/:partId', async (req, p) => {
       await deps.incoming.receiveManifestPart(p.id!, p.partId!, await readRaw(req, deps.manifestPartMaxBytes));
-    });
+    }, deps.manifestPartMaxBytes);
     route('POST', '/internal/v1/snapshots/:id/chunks/missing', async (req, p) => {
       const json = await readJsonBody(bodyStream(req), true);
       const ids = json.ids;
       if (!Array.isArray(ids) || ids.length > 10_000 || ids.some((x) => typeof x !== 'string')) throw new ApiError('InappropriateJSON', 'ids must be an array of at most 10000 chunk ids.');
       return { missing: await deps.incoming.missing(p.id!, ids as string[]) };
     });
+    const chunkBodyLimit = deps.chunkSize + (deps.chunkSize >> 4) + 4096;
     route('PUT', '/internal/v1/snapshots/:id/chunks/:chunkId', async (req, p) => {
-      const body = await readRaw(req, deps.chunkSize + (deps.chunkSize >> 4) + 4096);
+      const body = await readRaw(req, chunkBodyLimit);
       const encoding = String(req.headers[deps.chunkEncodingHeader] ?? 'raw');
       await deps.incoming.receiveChunk(p.id!, p.chunkId!, body, encoding);
-    });
+    }, chunkBodyLimit);
     route('PUT', '/internal/v1/snapshots/:id/progress', async (req, p) => {
       const json = await readJsonBody(bodyStream(req), true);
       if (typeof json.progress !== 'number' || !Number.isFinite(json.progress)) throw new ApiError('InappropriateJSON', 'progress must be a number.');

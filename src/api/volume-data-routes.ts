@@ -2,14 +2,17 @@
  * Our data extension (docs/api.md): GET /v2/volume/{id}/data with `Range: bytes=a-b` (206) or
  * without (200, the whole disk); GET /v2/volume/{id}/extents (which ranges hold data);
  * PUT /v2/volume/{id}/data?offset=N with a Content-Length body, or ?offset=N&zeroLength=L with none
- * (the range then reads as zeros).
+ * (the range then reads as zeros). A body with x-bce-content-sha256 or Content-MD5 is verified before
+ * any of it reaches the disk.
  */
 import type { FastifyInstance } from 'fastify';
 import { pipeline } from 'node:stream/promises';
 import { ApiError } from '../domain/errors.ts';
+import { MAX_DISK_GB } from '../domain/volume.ts';
 import { DATA_PIECE, type VolumeDataService } from '../services/volume-data-service.ts';
+import { declaresDigest, hasBody, parseBodyDigests } from './body-guard.ts';
 import { queryString } from './query-input.ts';
-import { bccRoute, STREAMED, type RouteEnv } from './route-kit.ts';
+import { bccRoute, bodyStream, STREAMED, type RouteEnv } from './route-kit.ts';
 
 /** `bytes=a-b`, `bytes=a-` or `bytes=-n` against a size; one range only. */
 export function parseRange(header: string | undefined, size: number): { start: number; end: number } | null {
@@ -62,18 +65,22 @@ export function volumeDataRoutes(app: FastifyInstance, env: RouteEnv, data: Volu
 
   bccRoute(app, env, ['GET'], '/v2/volume/:id/extents', async ({ ctx, params }) => ({ extents: await data.extents(ctx, params.id!) }));
 
-  bccRoute(app, env, ['PUT'], '/v2/volume/:id/data', async ({ ctx, params, query, req, body }) => {
+  // The body streams to the disk as it arrives, unless it declares a digest: then it is staged and
+  // checked first (VolumeDataService.write, `verifyFirst`), so a body that fails its digest writes nothing.
+  bccRoute(app, env, ['PUT'], '/v2/volume/:id/data', async ({ ctx, params, query, req }) => {
     const offsetText = queryString(query, 'offset') ?? '0';
     if (!/^\d+$/.test(offsetText)) throw new ApiError('BadRequest', 'offset must be a non-negative integer.');
     const zeroLength = queryString(query, 'zeroLength');
     if (zeroLength !== null) {
       if (!/^\d+$/.test(zeroLength)) throw new ApiError('BadRequest', 'zeroLength must be a non-negative integer.');
+      if (hasBody(req.headers)) throw new ApiError('BadRequest', 'A write with zeroLength takes no body.');
       await data.writeZeroes(ctx, params.id!, Number(offsetText), Number(zeroLength));
       return undefined;
     }
     const lengthHeader = req.headers['content-length'];
     if (lengthHeader === undefined || !/^\d+$/.test(lengthHeader)) throw new ApiError('InvalidHTTPRequest', 'A data write needs a Content-Length header.');
-    await data.write(ctx, params.id!, Number(offsetText), Number(lengthHeader), body);
+    const body = bodyStream(req);
+    await data.write(ctx, params.id!, Number(offsetText), Number(lengthHeader), body, { verifyFirst: declaresDigest(parseBodyDigests(req.headers)) });
     return undefined;
-  });
+  }, { streamBody: true, bodyLimit: MAX_DISK_GB * 1024 ** 3 });
 }

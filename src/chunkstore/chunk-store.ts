@@ -42,6 +42,12 @@ export interface ChunkStore {
   delete(id: string): Promise<void>;
   deleteIfUnusedSince(id: string, cutoffMs: number): Promise<boolean>;
   list(): AsyncIterable<StoredBlob>;
+  /**
+   * Stores that keep bookkeeping beside the blobs (the S3 store's chunk index) reclaim what crashed
+   * writers and deleters left there, for garbage collection to call with its cutoff. Optional: the
+   * local store has nothing of the kind (its open clears pending files).
+   */
+  sweepAbandoned?(cutoffMs: number): Promise<unknown>;
   writer(): ChunkWriter;
   sync(): Promise<void>;
 }

@@ -10,6 +10,7 @@ import {
   DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
+  ListMultipartUploadsCommand,
   PutObjectCommand,
   UploadPartCommand,
   type S3Client,
@@ -138,6 +139,36 @@ export class S3Objects {
     } catch (err) {
       await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId })).catch(() => undefined);
       throw err;
+    }
+  }
+
+  /**
+   * Aborts the multipart uploads under this prefix begun before `beforeMs`: parts a process left
+   * behind when it died mid-upload, which the bucket would otherwise keep (and bill) for ever. Done
+   * by the store itself rather than by a bucket lifecycle rule (AbortIncompleteMultipartUpload),
+   * which needs a permission the region's keys may not have; a rule, where an operator sets one,
+   * does the same. Answers how many were aborted.
+   */
+  async abortUploadsBegunBefore(beforeMs: number): Promise<number> {
+    let aborted = 0;
+    let KeyMarker: string | undefined;
+    let UploadIdMarker: string | undefined;
+    for (;;) {
+      const page = await this.run('ListMultipartUploads', (abortSignal) =>
+        this.client.send(new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: this.o.keyPrefix, KeyMarker, UploadIdMarker }), { abortSignal }),
+      );
+      for (const u of page.Uploads ?? []) {
+        if (!u.Key || !u.UploadId || !u.Initiated || u.Initiated.getTime() >= beforeMs) continue;
+        await this.run('AbortMultipartUpload', (abortSignal) =>
+          this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: u.Key, UploadId: u.UploadId }), { abortSignal }),
+        ).catch((err: unknown) => {
+          if (code(err) !== 'NoSuchUpload') throw err; // finished or aborted meanwhile
+        });
+        aborted++;
+      }
+      if (!page.IsTruncated) return aborted;
+      KeyMarker = page.NextKeyMarker;
+      UploadIdMarker = page.NextUploadIdMarker;
     }
   }
 

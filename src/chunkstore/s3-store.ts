@@ -102,6 +102,8 @@ export interface S3ChunkStoreOptions extends S3ConnectionOptions {
   partSizeBytes?: number;
   /** A delete claim older than this is presumed abandoned (its deleter died) and taken over. Default 10 min. */
   claimLeaseMs?: number;
+  /** A multipart upload begun this long before GC's cutoff is presumed abandoned (sweepAbandoned). Default 1 h. */
+  staleUploadMs?: number;
 }
 
 export interface S3StoreStats {
@@ -113,6 +115,7 @@ export interface S3StoreStats {
 
 const NAMESPACE_RE = /^[a-z0-9][a-z0-9-]*$/;
 
+
 export class S3ChunkStore implements ChunkStore {
   readonly namespace: string;
   readonly stats: S3StoreStats = { requests: 0, retries: 0 };
@@ -121,6 +124,7 @@ export class S3ChunkStore implements ChunkStore {
   private readonly hasher: Hasher;
   private readonly policy: RetryPolicy;
   private readonly claimLeaseMs: number;
+  private readonly staleUploadMs: number;
   private readonly client: S3Client;
   private readonly ownsClient: boolean;
   /** Puts of one id in flight in this process: later callers wait for the first (one upload). */
@@ -137,6 +141,7 @@ export class S3ChunkStore implements ChunkStore {
     this.hasher = o.hasher ?? sha256Hex;
     this.policy = { ...DEFAULT_RETRY_POLICY, ...o.retry };
     this.claimLeaseMs = o.claimLeaseMs ?? 10 * 60_000;
+    this.staleUploadMs = o.staleUploadMs ?? 3600_000;
     this.client = client;
     this.ownsClient = o.client === undefined;
     if (this.claimLeaseMs < 4 * this.policy.requestTimeoutMs) throw new RangeError('claimLeaseMs must be at least 4 x requestTimeoutMs (see lemma D)');
@@ -261,14 +266,17 @@ export class S3ChunkStore implements ChunkStore {
   /**
    * Reclaims what crashes left in the index: `storing` rows last used before `cutoffMs` (a put died
    * between its PUT and its markUsed; the object may exist and nobody reports it), and `deleting`
-   * rows whose claim is older than the lease (a deleter died). For garbage collection to call with
-   * its cutoff. Returns how many of each were cleaned.
+   * rows whose claim is older than the lease (a deleter died); and multipart uploads of a process
+   * that died mid-upload. For garbage collection to call with its cutoff. Returns how many of each
+   * were cleaned.
    */
-  async sweepAbandoned(cutoffMs: number): Promise<{ storing: number; deleting: number }> {
+  async sweepAbandoned(cutoffMs: number): Promise<{ storing: number; deleting: number; multipartUploads: number }> {
     // Never a cutoff after now: a row listed as storing that a put commits meanwhile then has a
     // last use after the cutoff, so the claim below cannot take a present row.
     cutoffMs = Math.min(cutoffMs, Date.now());
-    const done = { storing: 0, deleting: 0 };
+    // A multipart upload runs for minutes at most: one begun over an hour before the cutoff (and
+    // before now) has lost its process. Aborting a live one would only fail that put, not lose data.
+    const done = { storing: 0, deleting: 0, multipartUploads: await this.objects.abortUploadsBegunBefore(Math.min(cutoffMs, Date.now()) - this.staleUploadMs) };
     for await (const e of this.index.list(this.namespace)) {
       if (e.state === 'present' || this.unsynced.has(e.id)) continue;
       const [now, startedAt] = [Date.now(), performance.now()];

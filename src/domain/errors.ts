@@ -22,6 +22,14 @@ export const ERROR_CATALOG = {
   EntityTooLarge: { status: 413, message: 'The request body is too large.' },
   InvalidRange: { status: 416, message: 'The requested range is not satisfiable.' },
   IdempotentParameterMismatch: { status: 403, message: 'The clientToken was used before with different parameters.' },
+  // Ours: what a request looks like on the wire (body digests, timeouts, sizes, the metrics token)
+  BadDigest: { status: 400, message: 'The body does not hash to its x-bce-content-sha256 or Content-MD5 header; nothing of it was applied.' },
+  InvalidDigest: { status: 400, message: 'x-bce-content-sha256 must be 64 hex digits and Content-MD5 the base64 of 16 bytes.' },
+  MissingDigest: { status: 400, message: 'A request with a body to this endpoint must carry a signed x-bce-content-sha256 header.' },
+  RequestTimeout: { status: 408, message: 'The request did not arrive in time.' },
+  ExpectationFailed: { status: 417, message: 'Only "Expect: 100-continue" is supported.' },
+  RequestHeaderTooLarge: { status: 431, message: 'The request line and headers are too large.' },
+  Unauthorized: { status: 401, message: 'A valid bearer token is required.' },
   // Resources
   NoSuchObject: { status: 404, message: 'The resource does not exist.' },
   OperationDenied: { status: 409, message: 'The operation is not allowed in the current state or with these parameters.' },
@@ -40,6 +48,7 @@ export const ERROR_CATALOG = {
   // Ours
   IntegrityError: { status: 500, message: 'Stored data failed its integrity check; it was not served.' },
   InternalError: { status: 500, message: 'We encountered an internal error. Please try again.' },
+  ServiceUnavailable: { status: 503, message: 'The service cannot take this request now; retry later.' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERROR_CATALOG;

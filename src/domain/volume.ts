@@ -35,6 +35,11 @@ export interface Volume {
   tags: Tag[];
   /** Why the disk went to Error, for operators; never shown through the BCC model. */
   lastError: string | null;
+  /**
+   * Id of the storage process that owns the disk file. Null or absent: the region's only storage
+   * process (the embedded default). Stores return it only when set.
+   */
+  storageNode?: string | null;
 }
 
 /** BCC: delete only in Available, Expired or Error. */

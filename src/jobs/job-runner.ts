@@ -7,12 +7,16 @@
  * the queue, a restart (or a second worker on PostgreSQL) resumes exactly what was persisted.
  */
 import { randomUUID } from 'node:crypto';
-import type { JobRecord, JobRepository } from '../metadata/metadata-store.ts';
+import { LeaseLostError, type JobRecord, type JobRepository } from '../metadata/metadata-store.ts';
 
 export interface JobControl {
   /** Aborted when the runner shuts down or the lease is lost; a handler stops soon after. */
   readonly signal: AbortSignal;
-  /** Persists the handler's own progress; the next attempt sees it in `job.progress`. */
+  /**
+   * Persists the handler's own progress; the next attempt sees it in `job.progress`. Rejects with
+   * `LeaseLostError` (and aborts `signal`) when another claim took the job meanwhile: the handler
+   * stops; nothing it saves any more reaches the job (COORD-1).
+   */
   saveProgress(progress: unknown): Promise<void>;
 }
 
@@ -49,6 +53,23 @@ export interface JobRunnerOptions {
   concurrency: number;
   /** Cap of running jobs per group (e.g. copies to one region); Infinity when absent. */
   groupLimit?: (group: string) => number;
+  /**
+   * This process's id as a storage node: jobs enqueued for it (`node`) are claimed here, besides
+   * the node-less ones. Null or absent: only node-less jobs.
+   */
+  node?: string | null;
+  /**
+   * The kinds this runner claims (default: every registered kind). A process may enqueue kinds it
+   * does not run: an api process enqueues captures for storage processes and copies for workers.
+   */
+  runKinds?: readonly string[];
+  /**
+   * At most this many jobs of a kind run at once in this runner (default: no cap beyond
+   * `concurrency`): with several workers sharing a queue, each takes its share instead of the first
+   * one to poll taking everything.
+   */
+  kindLimit?: (kind: string) => number;
+  /** Job lease (default 30 s), renewed every third of it. */
   leaseMs?: number;
   pollMs?: number;
   log: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
@@ -57,7 +78,12 @@ export interface JobRunnerOptions {
 
 export class JobRunner {
   private readonly handlers = new Map<string, JobHandler>();
-  private readonly running = new Map<number, { abort: AbortController; done: Promise<void> }>();
+  /**
+   * Attempts running here, by `${job id}/${lease token}`: when renewals failed long enough for the
+   * lease to lapse, this runner may claim one of its own jobs again, and the old attempt (aborted,
+   * its writes fenced) may still be winding down beside the new one.
+   */
+  private readonly running = new Map<string, { jobId: number; token: number; kind: string; abort: AbortController; done: Promise<void> }>();
   private readonly owner = `runner-${randomUUID()}`;
   private timer: NodeJS.Timeout | null = null;
   private stopped = true;
@@ -68,7 +94,7 @@ export class JobRunner {
   private readonly now: () => number;
 
   constructor(private readonly opts: JobRunnerOptions) {
-    this.leaseMs = opts.leaseMs ?? 60_000;
+    this.leaseMs = opts.leaseMs ?? 30_000;
     this.pollMs = opts.pollMs ?? 500;
     this.now = opts.now ?? Date.now;
   }
@@ -83,7 +109,7 @@ export class JobRunner {
   }
 
   /** Enqueues (or finds, by key) a job and wakes the runner. */
-  async enqueue(job: { kind: string; key: string; group: string; payload: unknown; runAfter?: number }): Promise<JobRecord> {
+  async enqueue(job: { kind: string; key: string; group: string; payload: unknown; runAfter?: number; node?: string | null }): Promise<JobRecord> {
     if (!this.handlers.has(job.kind)) throw new Error(`no handler for job kind ${job.kind}`);
     const record = await this.opts.jobs.enqueue(job);
     this.kick();
@@ -131,7 +157,11 @@ export class JobRunner {
       do {
         this.pumpAgain = false;
         while (!this.stopped && this.running.size < this.opts.concurrency) {
-          const job = await this.opts.jobs.claim([...this.handlers.keys()], this.owner, this.now(), this.leaseMs, this.opts.groupLimit ?? (() => Infinity));
+          const kinds = this.claimableKinds();
+          if (kinds.length === 0) break;
+          const job = await this.opts.jobs.claim(
+            kinds, this.owner, this.now(), this.leaseMs, this.opts.groupLimit ?? (() => Infinity), this.opts.node ?? null,
+          );
           if (!job) break;
           this.launch(job);
         }
@@ -144,59 +174,111 @@ export class JobRunner {
     }
   }
 
+  /** The kinds this runner runs whose own cap (kindLimit) is not reached. */
+  private claimableKinds(): string[] {
+    const runs = this.opts.runKinds ?? [...this.handlers.keys()];
+    const limit = this.opts.kindLimit;
+    if (!limit) return runs.filter((k) => this.handlers.has(k));
+    const counts = new Map<string, number>();
+    for (const r of this.running.values()) counts.set(r.kind, (counts.get(r.kind) ?? 0) + 1);
+    return runs.filter((k) => this.handlers.has(k) && (counts.get(k) ?? 0) < limit(k));
+  }
+
   private launch(job: JobRecord): void {
     const handler = this.handlers.get(job.kind)!;
     const abort = new AbortController();
+    const token = job.leaseToken;
+    const attempt = `${job.id}/${token}`;
+    for (const r of this.running.values()) {
+      if (r.jobId === job.id) r.abort.abort(new LeaseLostError(job.id, r.token, 'claim'));
+    }
     const renew = setInterval(() => {
-      void this.opts.jobs.renewLease(job.id, this.owner, this.now() + this.leaseMs).then(
+      void this.opts.jobs.renewLease(job.id, token, this.now() + this.leaseMs).then(
         (ok) => {
-          if (!ok) abort.abort(new Error('lease lost'));
+          if (!ok) abort.abort(new LeaseLostError(job.id, token, 'renewLease'));
         },
         // A store that is briefly unreachable must not crash the process (an unhandled rejection
         // ends Node 20); the next renewal tries again, and the lease protects the job meanwhile.
         (err) => this.opts.log('warn', 'could not renew a job lease', { jobId: job.id, err: String(err) }),
       );
-    }, Math.max(1000, this.leaseMs / 3));
+    }, Math.max(10, this.leaseMs / 3));
     renew.unref();
     const control: JobControl = {
       signal: abort.signal,
-      saveProgress: (p) => this.opts.jobs.saveProgress(job.id, p),
+      saveProgress: async (p) => {
+        try {
+          await this.opts.jobs.saveProgress(job.id, token, p);
+        } catch (err) {
+          if (err instanceof LeaseLostError) abort.abort(err);
+          throw err;
+        }
+      },
     };
     const done = (async () => {
       try {
-        await handler.run(job, control);
-        await this.opts.jobs.finish(job.id, this.owner, 'done', null);
-      } catch (err) {
-        await this.settleFailure(handler, job, err, abort.signal);
+        try {
+          await handler.run(job, control);
+        } catch (err) {
+          await this.settleFailure(handler, job, err, abort.signal);
+          return;
+        }
+        try {
+          await this.opts.jobs.finish(job.id, token, 'done', null);
+        } catch (err) {
+          // A lost lease is reported as such; another error (the store unreachable) fails the attempt.
+          await this.settleFailure(handler, job, err, abort.signal);
+        }
       } finally {
         clearInterval(renew);
-        this.running.delete(job.id);
+        this.running.delete(attempt);
         this.kick();
       }
     })();
-    this.running.set(job.id, { abort, done });
+    this.running.set(attempt, { jobId: job.id, token, kind: job.kind, abort, done });
   }
 
+  /**
+   * The job's failure, recorded under its lease token. A job whose lease is lost (the handler met
+   * `LeaseLostError`, a renewal was refused, or a fenced write below is) belongs to another process
+   * now: nothing is recorded and `onPermanentFailure` is not called.
+   */
   private async settleFailure(handler: JobHandler, job: JobRecord, err: unknown, signal: AbortSignal): Promise<void> {
     const reason = err instanceof Error ? err.message : String(err);
+    const token = job.leaseToken;
     try {
+      const lost = err instanceof LeaseLostError ? err : signal.reason instanceof LeaseLostError ? signal.reason : null;
+      if (lost) {
+        this.leaseLost(job, lost);
+        return;
+      }
       if (signal.aborted && !(err instanceof PermanentJobError)) {
-        // Shutting down or lease lost: not the job's fault; it resumes on the next start.
+        // Shutting down: not the job's fault; it resumes on the next start.
         return;
       }
       const pastDeadline = this.now() - (await this.lastProgress(job)) > handler.retry.deadlineMs;
       if (err instanceof PermanentJobError || pastDeadline) {
+        // Still ours? `onPermanentFailure` marks a resource failed, which only the job's holder may
+        // do. (A lease lost between this check and `finish` is reported by `finish` below.)
+        if (!(await this.opts.jobs.renewLease(job.id, token, this.now() + this.leaseMs))) {
+          this.leaseLost(job, new LeaseLostError(job.id, token, 'renewLease'));
+          return;
+        }
         this.opts.log('error', 'job failed for good', { jobId: job.id, kind: job.kind, key: job.key, attempts: job.attempts, reason });
         await handler.onPermanentFailure(job, reason);
-        await this.opts.jobs.finish(job.id, this.owner, 'failed', reason);
+        await this.opts.jobs.finish(job.id, token, 'failed', reason);
         return;
       }
       const delay = backoffDelay(handler.retry, job.attempts);
       this.opts.log('warn', 'job attempt failed; will retry', { jobId: job.id, kind: job.kind, key: job.key, attempts: job.attempts, retryInMs: delay, reason });
-      await this.opts.jobs.retryLater(job.id, this.owner, this.now() + delay, reason);
+      await this.opts.jobs.retryLater(job.id, token, this.now() + delay, reason);
     } catch (settleErr) {
-      this.opts.log('error', 'could not record job failure', { jobId: job.id, err: String(settleErr) });
+      if (settleErr instanceof LeaseLostError) this.leaseLost(job, settleErr);
+      else this.opts.log('error', 'could not record job failure', { jobId: job.id, err: String(settleErr) });
     }
+  }
+
+  private leaseLost(job: JobRecord, err: LeaseLostError): void {
+    this.opts.log('warn', 'job lease lost; another process holds it now', { jobId: job.id, kind: job.kind, key: job.key, leaseToken: job.leaseToken, err: err.message });
   }
 
   /** When the job last made progress, read back from the store (saveProgress moved it since the claim). */

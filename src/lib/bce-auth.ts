@@ -13,6 +13,11 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 
 export const AUTH_VERSION = 'bce-auth-v1';
 export const DEFAULT_EXPIRATION_SECONDS = 1800;
+/**
+ * The hex SHA-256 of a request's body, as BOS defines it. Signed whenever present (the default set
+ * signs every `x-bce-*` header), so a replay of a signed request with other bytes is refused.
+ */
+export const CONTENT_SHA256_HEADER = 'x-bce-content-sha256';
 
 /** A query parameter as sent: a value of null means a bare flag (`?rollback`), signed as `rollback=`. */
 export type QueryPairs = ReadonlyArray<readonly [string, string | null]>;

@@ -2,9 +2,10 @@
  * A small signed HTTP client for BCE-style APIs (bce-auth-v1), over an undici Pool with keep-alive.
  * Used by the CLI (as a tenant) and by regions talking to each other (with the service credential).
  */
+import { createHash } from 'node:crypto';
 import { Pool, type Dispatcher } from 'undici';
 import type { Readable } from 'node:stream';
-import { DEFAULT_EXPIRATION_SECONDS, formatTimestamp, sign } from './bce-auth.ts';
+import { CONTENT_SHA256_HEADER, DEFAULT_EXPIRATION_SECONDS, formatTimestamp, sign } from './bce-auth.ts';
 
 export interface BceCredentials {
   accessKeyId: string;
@@ -43,7 +44,17 @@ export class BceClient {
   constructor(
     readonly endpoint: string,
     private readonly credentials: BceCredentials,
-    options: { connections?: number; pipelining?: number; headersTimeoutMs?: number; bodyTimeoutMs?: number } = {},
+    private readonly options: {
+      connections?: number;
+      pipelining?: number;
+      headersTimeoutMs?: number;
+      bodyTimeoutMs?: number;
+      /**
+       * Send x-bce-content-sha256 with every in-memory body (and every PUT or POST without one), so
+       * the server refuses bytes damaged or swapped on the way (default true). Streamed bodies go without.
+       */
+      contentSha256?: boolean;
+    } = {},
   ) {
     const url = new URL(endpoint);
     this.host = url.host;
@@ -66,6 +77,9 @@ export class BceClient {
       'x-bce-date': formatTimestamp(Date.now()),
       ...(req.json !== undefined ? { 'content-type': 'application/json; charset=utf-8' } : {}),
       ...(body instanceof Buffer ? { 'content-length': String(body.length) } : req.contentLength !== undefined ? { 'content-length': String(req.contentLength) } : {}),
+      ...((this.options.contentSha256 ?? true) && (body instanceof Buffer || (body === undefined && (req.method === 'PUT' || req.method === 'POST')))
+        ? { [CONTENT_SHA256_HEADER]: createHash('sha256').update(body ?? Buffer.alloc(0)).digest('hex') }
+        : {}),
       ...req.headers,
     };
     headers.authorization = sign({

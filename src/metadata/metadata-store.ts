@@ -1,9 +1,10 @@
 /**
  * Durable metadata of one region, one repository per aggregate. Implementations: SQLite (default,
- * `sqlite/`), PostgreSQL later. Every method is atomic on its own; where a rule spans a check and a
- * write (the snapshot quota, "insert if absent") the method does both in one statement or
- * transaction, so callers never need a cross-call transaction. All methods are async so a networked
- * database can implement them.
+ * `sqlite/`, one process) and PostgreSQL (`postgres/`, shared by the processes of a region). Every
+ * method is atomic on its own; where a rule spans a check and a write (the snapshot quota, "insert
+ * if absent", a fenced job write) the method does both in one statement or transaction, so callers
+ * never need a cross-call transaction. All methods are async so a networked database can
+ * implement them.
  *
  * `test/helpers/metadata-contract.ts` is the one suite every implementation runs (test/metadata-*.test.ts).
  */
@@ -45,6 +46,12 @@ export interface VolumeRepository {
    */
   update(id: string, patch: Partial<Omit<Volume, 'id' | 'accountId'>>, fromStatuses?: VolumeStatus[]): Promise<Volume | null>;
   delete(id: string): Promise<void>;
+  /**
+   * Live volumes (not deleted, not `Deleting`) per storage process, keyed by `storageNode`, for
+   * placing a new disk on the least loaded one. Volumes without a storage node (the region's only,
+   * embedded storage process) are not counted; a node with no volume has no key.
+   */
+  countByNode(): Promise<Record<string, number>>;
 }
 
 export interface SnapshotRepository {
@@ -100,6 +107,23 @@ export interface IdempotencyRepository {
 
 export type JobState = 'queued' | 'running' | 'done' | 'failed';
 
+/**
+ * A fenced job write (`saveProgress`, `retryLater`, `finish`) found the job no longer running under
+ * the caller's lease token: its lease lapsed and another claim took the job (or it was requeued).
+ * Nothing was changed. The caller stops working on the job; it is someone else's now (COORD-1).
+ */
+export class LeaseLostError extends Error {
+  override name = 'LeaseLostError';
+  readonly jobId: number;
+  readonly leaseToken: number;
+
+  constructor(jobId: number, leaseToken: number, operation: string) {
+    super(`job ${jobId}: lease token ${leaseToken} no longer holds the job (${operation} refused)`);
+    this.jobId = jobId;
+    this.leaseToken = leaseToken;
+  }
+}
+
 export interface JobRecord {
   id: number;
   kind: string;
@@ -113,6 +137,14 @@ export interface JobRecord {
   runAfter: number;
   leaseOwner: string | null;
   leaseUntil: number | null;
+  /**
+   * The fencing token: incremented by every claim, kept after the lease ends. A running job's
+   * writes carry the token of the claim they work under and take effect only while it is still
+   * the job's (COORD-1).
+   */
+  leaseToken: number;
+  /** The storage process that must run the job (it owns the disk); null: any process with a handler for the kind. */
+  node: string | null;
   lastError: string | null;
   /** Free-form progress the job keeps for itself across attempts (JSON). */
   progress: unknown;
@@ -126,22 +158,33 @@ export interface JobRecord {
 }
 
 export interface JobRepository {
-  /** Enqueues unless a job with this key exists; returns the job either way. */
-  enqueue(job: { kind: string; key: string; group: string; payload: unknown; runAfter?: number }): Promise<JobRecord>;
+  /**
+   * Enqueues unless a job with this key exists; returns the job either way (an existing job keeps
+   * its own fields, `node` included). `node`: the storage process that must run it (default null: any).
+   */
+  enqueue(job: { kind: string; key: string; group: string; payload: unknown; runAfter?: number; node?: string | null }): Promise<JobRecord>;
   get(id: number): Promise<JobRecord | null>;
   getByKey(key: string): Promise<JobRecord | null>;
   /**
    * Claims the oldest runnable job of one of `kinds` (queued, runAfter <= now, or running with an
-   * expired lease) whose group has fewer than `groupLimit(group)` running jobs. Sets state running,
-   * the lease, and increments attempts.
+   * expired lease) whose group has fewer than `groupLimit(group)` running jobs, and whose `node` is
+   * null or equals `node` (a claimer with `node` null takes only node-less jobs). Sets state running,
+   * the lease (`owner`, `now + leaseMs`), increments attempts and the lease token, in one step.
    */
-  claim(kinds: string[], owner: string, now: number, leaseMs: number, groupLimit: (group: string) => number): Promise<JobRecord | null>;
-  renewLease(id: number, owner: string, until: number): Promise<boolean>;
+  claim(kinds: string[], owner: string, now: number, leaseMs: number, groupLimit: (group: string) => number, node: string | null): Promise<JobRecord | null>;
+  /**
+   * The writes of a running job are fenced by its lease token (COORD-1), not by the owner: each
+   * takes effect only while the job is `running` with `lease_token = token`. A holder that stalled
+   * past its lease, and whose job another claim took, can no longer touch it.
+   * `renewLease` answers false when the fence fails; the three others throw `LeaseLostError` and
+   * change nothing.
+   */
+  renewLease(id: number, token: number, until: number): Promise<boolean>;
   /** Persists the job's own progress and sets `progressedAt` to now. */
-  saveProgress(id: number, progress: unknown): Promise<void>;
+  saveProgress(id: number, token: number, progress: unknown): Promise<void>;
   /** Back to queued after a transient failure. */
-  retryLater(id: number, owner: string, runAfter: number, error: string): Promise<void>;
-  finish(id: number, owner: string, state: 'done' | 'failed', error: string | null): Promise<void>;
+  retryLater(id: number, token: number, runAfter: number, error: string): Promise<void>;
+  finish(id: number, token: number, state: 'done' | 'failed', error: string | null): Promise<void>;
   /** Jobs in the given states (for gauges and GC roots). */
   list(states: JobState[], kinds?: string[]): Promise<JobRecord[]>;
   /** Releases every lease held by `owner` (a runner that stops). */
@@ -211,13 +254,65 @@ export interface ChunkIndexRow {
   claimedAtMs: number | null;
 }
 
+/** A process of a region, as it announces itself (the node registry). Times are epoch ms. */
+export interface NodeRecord {
+  id: string;
+  /** What the process does: 'api', 'storage', 'worker'. */
+  roles: string[];
+  /** Where its HTTP endpoint is reached by the other processes. */
+  url: string;
+  /** host:port of its NBD server (a storage process), or null. */
+  nbdAddress: string | null;
+  startedAt: number;
+  heartbeatAt: number;
+}
+
+/**
+ * The processes of a region. Each live process heartbeats its record; a record whose heartbeat is
+ * older than the caller's tolerance is a process presumed gone (COORD-4).
+ */
+export interface NodeRepository {
+  /** Inserts or replaces the node's record, with `heartbeatAt = now`. */
+  heartbeat(node: Omit<NodeRecord, 'heartbeatAt'>, now: number): Promise<void>;
+  get(id: string): Promise<NodeRecord | null>;
+  /** Nodes whose heartbeat is at or after `now - maxAgeMs`, ordered by id. */
+  listLive(now: number, maxAgeMs: number): Promise<NodeRecord[]>;
+  remove(id: string): Promise<void>;
+}
+
+/**
+ * Named singleton leases: at most one owner at a time runs what the name stands for (housekeeping,
+ * garbage collection, policy runs) (COORD-3). A lease is held until `leaseUntil`; its owner renews
+ * it by acquiring again. There is no fencing token: a holder that stalls past its lease may
+ * overlap its successor, so what runs under a lock must be safe to run twice at once (garbage
+ * collection is, by GC-1..GC-4); the lock saves the duplicate work.
+ */
+export interface LockRepository {
+  /**
+   * Takes the lock when it is free, lapsed (`leaseUntil <= now`) or already `owner`'s, setting
+   * `leaseUntil = now + leaseMs`; false (and no change) while another owner holds it. One atomic
+   * step across processes.
+   */
+  tryAcquire(name: string, owner: string, now: number, leaseMs: number): Promise<boolean>;
+  /** Frees the lock if `owner` holds it; otherwise nothing. */
+  release(name: string, owner: string): Promise<void>;
+}
+
 export interface MetadataStore {
+  /**
+   * True when several processes share the store (PostgreSQL), false when one process owns it
+   * (SQLite, kernel-locked data dir). Only a store that is not shared may, at start-up, treat every
+   * running job and live GC hold as left over from an earlier life (`requeueAllRunning`, `closeAll`).
+   */
+  readonly shared: boolean;
   readonly volumes: VolumeRepository;
   readonly snapshots: SnapshotRepository;
   readonly idempotency: IdempotencyRepository;
   readonly jobs: JobRepository;
   readonly diskBases: DiskBaseRepository;
   readonly gcHolds: GcHoldRepository;
+  readonly nodes: NodeRepository;
+  readonly locks: LockRepository;
   /** For a region whose chunks live in an object store (S3); absent where the store does not keep one. */
   readonly chunkIndex?: ChunkIndexRepository;
   /**

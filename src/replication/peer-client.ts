@@ -5,6 +5,10 @@
  * small control calls (reserve, missing, manifest, progress, commit), so a keep-alive or a
  * "which do you lack" never waits behind bulk uploads.
  *
+ * Every body (and every PUT or POST without one) carries its SHA-256 in a signed
+ * `x-bce-content-sha256` (BceClient's default); the destination requires it and refuses bytes that
+ * do not match (BadDigest) before acting on them.
+ *
  * Errors are classified for the copy job: `isTransient` says whether retrying can help.
  */
 import { BceClient, BceError } from '../lib/bce-client.ts';
@@ -70,7 +74,7 @@ export class PeerClient {
   }
 
   async putManifestPart(destSnapshotId: string, partId: string, body: Buffer, signal?: AbortSignal): Promise<void> {
-    await this.data.json({ method: 'PUT', path: `/internal/v1/snapshots/${destSnapshotId}/manifest/parts/${partId}`, body, headers: { 'content-type': 'application/octet-stream' }, signal });
+    await damagedInTransit(this.data.json({ method: 'PUT', path: `/internal/v1/snapshots/${destSnapshotId}/manifest/parts/${partId}`, body, headers: { 'content-type': 'application/octet-stream' }, signal }));
   }
 
   /** The subset of `ids` the destination does not hold (what it holds, it keeps for this copy). */
@@ -80,10 +84,10 @@ export class PeerClient {
   }
 
   async putChunk(destSnapshotId: string, id: string, body: Buffer, encoding: 'raw' | 'zstd', signal?: AbortSignal): Promise<void> {
-    await this.data.json({
+    await damagedInTransit(this.data.json({
       method: 'PUT', path: `/internal/v1/snapshots/${destSnapshotId}/chunks/${id}`, body,
       headers: { 'content-type': 'application/octet-stream', [CHUNK_ENCODING_HEADER]: encoding }, signal,
-    });
+    }));
   }
 
   async progress(destSnapshotId: string, progress: number, signal?: AbortSignal): Promise<void> {
@@ -104,10 +108,23 @@ export class PeerClient {
 }
 
 /**
- * Codes that mean "not now" rather than "never": a network failure, a 5xx, a credential or clock
- * problem an operator can fix, chunks or a manifest to send again.
+ * A chunk or manifest part refused for its body digest (BadDigest) was damaged on the way, exactly as
+ * one that does not hash to its id (ChunkDigestMismatch): the copy job sends it again either way.
  */
-const TRANSIENT_CODES = new Set(['ChunksMissing', 'ManifestMissing', 'ChunkDigestMismatch', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'AccessDenied', 'RequestExpired']);
+async function damagedInTransit<T>(call: Promise<T>): Promise<T> {
+  try {
+    return await call;
+  } catch (e) {
+    if (e instanceof BceError && e.code === 'BadDigest') throw new BceError(e.status, 'ChunkDigestMismatch', `the body hash did not match at the destination (BadDigest): ${e.message}`, e.requestId);
+    throw e;
+  }
+}
+
+/**
+ * Codes that mean "not now" rather than "never": a network failure, a 5xx, a credential or clock
+ * problem an operator can fix, chunks or a manifest to send again, a body damaged on the way.
+ */
+const TRANSIENT_CODES = new Set(['ChunksMissing', 'ManifestMissing', 'ChunkDigestMismatch', 'BadDigest', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'AccessDenied', 'RequestExpired']);
 
 export function isTransient(e: unknown): boolean {
   if (!(e instanceof BceError)) return true; // local I/O hiccups are retried; data loss is classified by the caller

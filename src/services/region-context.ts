@@ -13,6 +13,14 @@ export interface Region {
   readonly repo: ChunkRepository;
   readonly leases: DiskLeases;
   /**
+   * The storage process this one is, in a region several processes share (its disks are recorded
+   * with this id, and the jobs on them run here); null in the embedded layout and in processes
+   * without the storage role.
+   */
+  readonly node: string | null;
+  /** Picks the storage process a new disk will live on (null: the embedded layout's only one). */
+  placeDisk(): Promise<string | null>;
+  /**
    * Observer of named steps of long operations ('capture:frozen', ...): tests run a garbage
    * collection or a crash at each one. Absent in production.
    */

@@ -179,7 +179,9 @@ async function recordProblems(region: Region, counts: IntegrityReport | null): P
     if (v.status === 'SnapshotProcessing' && !hasJob(v.id, VOLUME_ROLLBACK_JOB)) {
       problems.push(`volume ${v.id} is being rolled back (SnapshotProcessing) but no rollback job is queued or running for it`);
     }
-    if (!onDisk.has(v.id)) problems.push(`volume ${v.id} is ${v.status} but its disk files are missing`);
+    // Disk files are checked where they live: on this process, if it is the disk's storage process
+    // (in a scaled region another process may hold them; the embedded one holds them all).
+    if ((v.storageNode ?? null) === region.node && !onDisk.has(v.id)) problems.push(`volume ${v.id} is ${v.status} but its disk files are missing`);
   }
   return problems;
 }

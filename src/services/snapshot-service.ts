@@ -59,7 +59,10 @@ export class SnapshotService {
           await this.region.meta.snapshots.delete(id);
           throw new ApiError('OperationDenied', `The disk ${volume.id} is ${now?.status ?? 'gone'}; a snapshot needs it Available or InUse.`);
         }
-        await this.region.jobs.enqueue({ kind: SNAPSHOT_CREATE_JOB, key: `snapshot.create:${id}`, group: `capture:${volume.id}`, payload: { snapshotId: id, volumeId: volume.id } });
+        await this.region.jobs.enqueue({
+          kind: SNAPSHOT_CREATE_JOB, key: `snapshot.create:${id}`, group: `capture:${volume.id}`, payload: { snapshotId: id, volumeId: volume.id },
+          node: volume.storageNode ?? null, // the capture reads the disk: it runs where the disk is
+        });
       },
     );
   }

@@ -14,8 +14,49 @@ import type { RequestContext } from './request-context.ts';
 export const SECTOR = 512;
 /** Reads are answered in pieces of this size; writes are gathered into pieces of this size. */
 export const DATA_PIECE = 1 << 20;
+/**
+ * Largest write checked before any of it is written (`verifyFirst`: the body declares a digest). Its
+ * body is held in memory until it has been received whole and verified; the CLI writes 4 MiB pieces.
+ */
+export const VERIFIED_WRITE_MAX_BYTES = 64 << 20;
+/** Bytes of verified writes held in memory at once, per region; further writes wait their turn. */
+export const VERIFIED_WRITE_BUDGET_BYTES = 256 << 20;
+
+export interface WriteOptions {
+  /**
+   * Receive the whole body before writing any of it, so that a body that fails (its digest, as
+   * the guarded stream reports at its end) leaves the disk as it was.
+   */
+  verifyFirst?: boolean;
+}
+
+/** A FIFO budget of bytes: `take` waits until the bytes fit, the returned function gives them back. */
+class ByteBudget {
+  private used = 0;
+  private readonly waiting: Array<{ bytes: number; go: () => void }> = [];
+
+  constructor(private readonly total: number) {}
+
+  async take(bytes: number): Promise<() => void> {
+    if (this.waiting.length === 0 && this.used + bytes <= this.total) this.used += bytes;
+    else await new Promise<void>((go) => this.waiting.push({ bytes, go }));
+    let given = false;
+    return () => {
+      if (given) return;
+      given = true;
+      this.used -= bytes;
+      while (this.waiting.length > 0 && this.used + this.waiting[0]!.bytes <= this.total) {
+        const next = this.waiting.shift()!;
+        this.used += next.bytes;
+        next.go();
+      }
+    };
+  }
+}
 
 export class VolumeDataService {
+  private readonly verifiedBytes = new ByteBudget(VERIFIED_WRITE_BUDGET_BYTES);
+
   constructor(private readonly region: Region) {}
 
   /** Opens the disk for reading; the caller reads with `handle.disk.read` and must release the handle. */
@@ -51,11 +92,32 @@ export class VolumeDataService {
 
   /**
    * Writes `length` bytes from `body` at `offset`. Offset and length must be multiples of 512 and
-   * inside the disk; the disk must be Available and not held by anyone else.
+   * inside the disk; the disk must be Available and not held by anyone else. Without `verifyFirst`
+   * the bytes go to the disk as they arrive (a body cut short leaves what arrived written); with
+   * it, at most VERIFIED_WRITE_MAX_BYTES, received whole and verified before the first byte is written.
    */
-  async write(ctx: RequestContext, id: string, offset: number, length: number, body: Readable): Promise<void> {
+  async write(ctx: RequestContext, id: string, offset: number, length: number, body: Readable, options: WriteOptions = {}): Promise<void> {
     using held = await this.openForWrite(ctx, id, offset, length);
     const disk = held.disk;
+    if (options.verifyFirst) {
+      if (length > VERIFIED_WRITE_MAX_BYTES) {
+        throw new ApiError('EntityTooLarge', `A write with a digest header is verified before any of it is written, so it may have at most ${VERIFIED_WRITE_MAX_BYTES} bytes, not ${length}; split it.`);
+      }
+      const giveBack = await this.verifiedBytes.take(length);
+      try {
+        const release = this.region.leases.acquire(id, 'http-write');
+        try {
+          const bytes = await receiveWhole(body, length);
+          for (let at = 0; at < length; at += DATA_PIECE) await disk.write(offset + at, bytes.subarray(at, Math.min(length, at + DATA_PIECE)), false);
+          await disk.flush();
+        } finally {
+          release();
+        }
+      } finally {
+        giveBack();
+      }
+      return;
+    }
     const release = this.region.leases.acquire(id, 'http-write');
     try {
       let position = offset;
@@ -101,4 +163,18 @@ export class VolumeDataService {
     }
     return held;
   }
+}
+
+/** All of a body of `length` bytes (the stream fails, with nothing returned, if it fails its digest). */
+async function receiveWhole(body: Readable, length: number): Promise<Buffer> {
+  const bytes = Buffer.allocUnsafe(length);
+  let at = 0;
+  for await (const chunk of body) {
+    const buf = chunk as Buffer;
+    if (at + buf.length > length) throw new ApiError('BadRequest', 'The body is longer than its Content-Length.');
+    buf.copy(bytes, at);
+    at += buf.length;
+  }
+  if (at !== length) throw new ApiError('InvalidHTTPRequest', `The body ended after ${at} of ${length} bytes.`);
+  return bytes;
 }

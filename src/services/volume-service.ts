@@ -97,9 +97,12 @@ export class VolumeService {
           const volume: Volume = {
             id, accountId: ctx.accountId, name: input.name ?? '', desc: input.description ?? '', diskSizeInGB: diskSizeInGB!, storageType, zoneName,
             createTime: Date.now(), status: 'Creating', sourceSnapshotId: input.snapshotId, tags: input.tags ?? [], lastError: null,
+            storageNode: await this.region.placeDisk(),
           };
           await this.region.meta.volumes.insertIfAbsent(volume);
-          await this.region.jobs.enqueue({ kind: VOLUME_CREATE_JOB, key: `volume.create:${id}`, group: 'volume', payload: { volumeId: id, manifestId } });
+          // A retry of this request finds the volume inserted before: its job goes to that volume's node.
+          const placed = (await this.region.meta.volumes.getAny(id))?.storageNode ?? null;
+          await this.region.jobs.enqueue({ kind: VOLUME_CREATE_JOB, key: `volume.create:${id}`, group: 'volume', payload: { volumeId: id, manifestId }, node: placed });
         }
       },
     );
@@ -197,6 +200,7 @@ export class VolumeService {
     }
     await this.region.jobs.enqueue({
       kind: VOLUME_ROLLBACK_JOB, key: `volume.rollback:${id}:${Date.now()}`, group: 'volume', payload: { volumeId: id, snapshotId, manifestId: snap.manifestId },
+      node: volume.storageNode ?? null,
     });
   }
 

@@ -90,8 +90,8 @@ export interface SpawnedTool {
 }
 
 /** Starts a tool; it is killed by `killAllChildren` (and after `timeoutMs`) if still running. */
-export function spawnTool(cmd: string, args: string[], timeoutMs = 60_000): SpawnedTool {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+export function spawnTool(cmd: string, args: string[], timeoutMs = 60_000, env?: Record<string, string>): SpawnedTool {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: env ? { ...process.env, ...env } : process.env });
   children.add(child);
   let stdout = '';
   let stderr = '';
@@ -114,8 +114,8 @@ export function spawnTool(cmd: string, args: string[], timeoutMs = 60_000): Spaw
   return { child, result };
 }
 
-export function runTool(cmd: string, args: string[], timeoutMs = 60_000): Promise<ToolResult> {
-  return spawnTool(cmd, args, timeoutMs).result;
+export function runTool(cmd: string, args: string[], timeoutMs = 60_000, env?: Record<string, string>): Promise<ToolResult> {
+  return spawnTool(cmd, args, timeoutMs, env).result;
 }
 
 /** Runs a tool and throws with its output unless it exits 0. */

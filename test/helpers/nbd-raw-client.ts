@@ -3,6 +3,7 @@
  * send exact bytes (malformed options, bad magic, garbage) and inspect exact replies.
  */
 import net from 'node:net';
+import tls from 'node:tls';
 import * as C from '../../src/blockdev/nbd/constants.ts';
 
 export interface OptionReply {
@@ -56,6 +57,29 @@ export class RawNbdClient {
     const socket = net.connect({ port, host: '127.0.0.1', noDelay: true });
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
+    return new RawNbdClient(socket);
+  }
+
+  /**
+   * NBD_OPT_STARTTLS, then a TLS 1.3 PSK handshake on the same socket (Node's client, not GnuTLS:
+   * for exact-bytes tests inside TLS). Resolves with a client speaking through TLS; rejects with the
+   * option reply type (as `refused`) if the server does not acknowledge, or with the TLS error.
+   */
+  async startTls(identity: string, key: Buffer): Promise<RawNbdClient> {
+    this.sendOption(C.NBD_OPT_STARTTLS);
+    const r = await this.readOptionReply();
+    if (r.type !== C.NBD_REP_ACK) throw Object.assign(new Error(`STARTTLS refused: 0x${r.type.toString(16)} ${r.data.toString()}`), { refused: r.type });
+    if (this.buf.length > 0) throw new Error('bytes after the STARTTLS ACK');
+    const socket = tls.connect({
+      socket: this.socket,
+      minVersion: 'TLSv1.3',
+      checkServerIdentity: () => undefined,
+      pskCallback: () => ({ identity, psk: key }),
+    });
+    await new Promise<void>((resolve, reject) => {
+      socket.once('secureConnect', () => resolve());
       socket.once('error', reject);
     });
     return new RawNbdClient(socket);

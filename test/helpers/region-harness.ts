@@ -2,6 +2,7 @@
  * In-process regions for API tests: real SQLite, real chunk files and disks in a temp dir, the real
  * Fastify app driven with `inject`. Nothing is mocked; only the network socket is skipped.
  */
+import { TEST_METRICS_TOKEN } from './metrics.ts';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -35,7 +36,7 @@ export interface Harness {
 
 export async function startHarness(regionName = 'bj', overrides: Partial<ServeConfig> = {}, options: BuildOptions = {}): Promise<Harness> {
   const dir = await mkdtemp(join(tmpdir(), 'snapferry-test-'));
-  const config = { ...loadServeConfig({ dataDir: dir, regions: regionName }, {}), accounts: [ALICE, BOB], gcGraceMs: 0, ...overrides };
+  const config = { ...loadServeConfig({ dataDir: dir, regions: regionName }, {}), accounts: [ALICE, BOB], gcGraceMs: 0, metricsToken: TEST_METRICS_TOKEN, ...overrides };
   const hasher = new Sha256Pool({ size: 1 });
   const logs: string[] = [];
   const built = await buildRegion(config, regionName, hasher, (level, msg, fields) => logs.push(JSON.stringify({ level, msg, ...fields })), options);

@@ -4,6 +4,7 @@
  * that need internals (stores, job queue, metrics objects) or many copies, without the start-up
  * cost of a spawned server. A region's peer URL can be routed through a proxy (`via`).
  */
+import { TEST_METRICS_TOKEN } from './metrics.ts';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -64,6 +65,7 @@ export async function startRegions(specs: RegionSpec[], via?: (from: string, to:
       }
       const config: ServeConfig = {
         ...loadServeConfig({ dataDir: dir, regions: names.join(','), port: String(base) }, {}),
+        metricsToken: TEST_METRICS_TOKEN,
         accounts: [ALICE, BOB], gcGraceMs: 0, regionSecret: 'region-set-secret', ...spec.overrides,
       };
       config.peers = { ...config.peers, ...peers };

@@ -4,6 +4,8 @@
  * - 'go':     explicit `content-length;content-md5;content-type;host;x-bce-date` (without a body:
  *             `content-type;host;x-bce-date`); sends x-bce-request-id but never signs it
  * - 'python': empty signed-headers field (the server must use the default set)
+ * Requests to /internal/v1 with a body also carry `x-bce-content-sha256`, as peer regions send it
+ * (signed with the default set); `contentSha256` turns that on or off for any request.
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { formatTimestamp, parseRawQuery, sign, computeSignature } from '../../src/lib/bce-auth.ts';
@@ -26,6 +28,8 @@ export interface SignedRequestOptions {
   at?: number;
   expirationSeconds?: number;
   extraHeaders?: Record<string, string>;
+  /** Add x-bce-content-sha256 of the body (default: only for /internal/ paths with a body). */
+  contentSha256?: boolean;
 }
 
 export function signedRequest(o: SignedRequestOptions): { method: string; url: string; headers: Record<string, string>; payload?: string | Buffer } {
@@ -39,6 +43,7 @@ export function signedRequest(o: SignedRequestOptions): { method: string; url: s
     ...(payload !== undefined ? { 'content-length': String(Buffer.byteLength(payload)) } : {}),
     ...(style === 'go' ? { 'x-bce-request-id': randomUUID() } : {}),
     ...(style === 'go' && payload !== undefined ? { 'content-md5': createHash('md5').update(payload).digest('base64') } : {}),
+    ...((o.contentSha256 ?? o.url.startsWith('/internal/')) && payload !== undefined ? { 'x-bce-content-sha256': createHash('sha256').update(payload).digest('hex') } : {}),
     ...o.extraHeaders,
   };
   const q = o.url.indexOf('?');

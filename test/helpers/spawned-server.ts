@@ -9,6 +9,8 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
+import { TEST_METRICS_TOKEN } from './metrics.ts';
+
 const BIN = new URL('../../bin/snapferry.js', import.meta.url).pathname;
 
 async function portFree(port: number): Promise<boolean> {
@@ -72,7 +74,7 @@ export async function spawnServer(opts: SpawnOptions = {}): Promise<SpawnedServe
   const start = async (): Promise<void> => {
     out = '';
     child = spawn(process.execPath, [BIN, 'serve', '--data-dir', dataDir, '--regions', regions.join(','), '--port', String(port), '--nbd-port', String(nbdPort), ...(opts.extraArgs ?? [])], {
-      env: { ...process.env, ...opts.env },
+      env: { ...process.env, SNAPFERRY_METRICS_TOKEN: TEST_METRICS_TOKEN, ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));

@@ -1,7 +1,7 @@
 /**
  * NBD protocol constants (values from the protocol specification, doc/proto.md of the reference
- * implementation). Only fixed newstyle negotiation without TLS and without the experimental
- * extended headers is implemented; the values of the parts we do not implement are listed where a
+ * implementation). Fixed newstyle negotiation (with NBD_OPT_STARTTLS) is implemented, without the
+ * experimental extended headers; the values of the parts we do not implement are listed where a
  * client may send them to us, so we can recognise and refuse them precisely.
  */
 

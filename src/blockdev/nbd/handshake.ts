@@ -1,6 +1,11 @@
 /**
  * The handshake phase: fixed newstyle greeting and option haggling, ending either in transmission
  * (NBD_OPT_GO / NBD_OPT_EXPORT_NAME with an opened export) or in a clean abort.
+ *
+ * TLS (NBD_OPT_STARTTLS, see tls.ts for the modes): after NBD_REP_ACK the same socket carries a
+ * TLS session and haggling goes on inside it, with the exports of the account the client's
+ * pre-shared key belongs to. What was negotiated in plaintext (structured replies, the metadata
+ * context) is forgotten at the upgrade: a man in the middle could have chosen it.
  */
 import type { Socket } from 'node:net';
 import { ExportUnavailableError, type ExportDescription, type ExportProvider, type OpenedExport } from '../block-target.ts';
@@ -40,6 +45,7 @@ import {
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
   NBD_REP_ERR_POLICY,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
@@ -50,6 +56,7 @@ import {
 import { ProtocolError, errorMessage } from './errors.ts';
 import type { NbdLogFields, NbdLogFn } from './log.ts';
 import { ConnectionClosedError, type SocketReader } from './socket-reader.ts';
+import type { NbdTlsMode } from './tls.ts';
 import {
   decodeOptionHeader,
   encodeExportNameReply,
@@ -70,12 +77,34 @@ export interface NegotiatedExport {
   /** Context id to use in block status replies, or null when base:allocation was not selected. */
   baseAllocationContextId: number | null;
   transmissionFlags: number;
+  /** The account the client authenticated as with TLS-PSK; null for a plaintext client. */
+  accountId: string | null;
+}
+
+/** The connection after a successful STARTTLS: where haggling goes on, and what it may reach. */
+export interface UpgradedTransport {
+  socket: Socket;
+  reader: SocketReader;
+  accountId: string;
+  exports: ExportProvider;
+}
+
+export interface HandshakeTls {
+  mode: NbdTlsMode;
+  /**
+   * Runs the TLS handshake on the connection's socket (the ACK is already queued on it, and its
+   * plaintext reader released); rejects when the client does not prove a known key.
+   */
+  start(): Promise<UpgradedTransport>;
 }
 
 export interface HandshakeContext {
   socket: Socket;
   reader: SocketReader;
+  /** The exports of a plaintext client (all of them). */
   exports: ExportProvider;
+  /** Null when the server has no TLS at all: NBD_OPT_STARTTLS is then NBD_REP_ERR_UNSUP. */
+  tls: HandshakeTls | null;
   log: NbdLogFn;
   fields: NbdLogFields;
   /**
@@ -122,12 +151,27 @@ class Handshake {
   private noZeroes = false;
   /** Result of the last NBD_OPT_SET_META_CONTEXT: export it referred to, and whether it selected base:allocation. */
   private metaContext: { exportName: string; baseAllocation: boolean } | null = null;
+  /** Where haggling happens; replaced by the TLS socket and its reader after STARTTLS. */
+  private socket: Socket;
+  private reader: SocketReader;
+  private exports: ExportProvider;
+  private accountId: string | null = null;
+  private tlsUp = false;
 
-  constructor(private readonly ctx: HandshakeContext) {}
+  constructor(private readonly ctx: HandshakeContext) {
+    this.socket = ctx.socket;
+    this.reader = ctx.reader;
+    this.exports = ctx.exports;
+  }
+
+  /** FORCEDTLS: until TLS is up, only STARTTLS and ABORT are served. */
+  private get tlsRequired(): boolean {
+    return this.ctx.tls?.mode === 'require' && !this.tlsUp;
+  }
 
   async run(): Promise<NegotiatedExport | null> {
     this.send(encodeServerGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
-    const clientFlags = (await this.ctx.reader.read(4)).readUInt32BE(0);
+    const clientFlags = (await this.reader.read(4)).readUInt32BE(0);
     if ((clientFlags & ~KNOWN_CLIENT_FLAGS) !== 0) {
       throw new ProtocolError(`unknown client flags 0x${clientFlags.toString(16)}`);
     }
@@ -137,21 +181,28 @@ class Handshake {
     this.noZeroes = (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0;
 
     for (;;) {
-      const header = decodeOptionHeader(await this.ctx.reader.read(16));
+      const header = decodeOptionHeader(await this.reader.read(16));
       if (!header) throw new ProtocolError('bad option magic');
       if (header.length > MAX_OPTION_LENGTH) {
         throw new ProtocolError(`option ${header.option} data too long (${header.length} bytes)`);
       }
-      const data = header.length > 0 ? Buffer.from(await this.ctx.reader.read(header.length)) : EMPTY;
+      const data = header.length > 0 ? Buffer.from(await this.reader.read(header.length)) : EMPTY;
       const { option } = header;
 
-      if (option === NBD_OPT_EXPORT_NAME) return this.exportName(data);
+      if (option === NBD_OPT_EXPORT_NAME) {
+        // It cannot be answered with an error: the spec asks for a disconnect.
+        if (this.tlsRequired) throw new ProtocolError('NBD_OPT_EXPORT_NAME before TLS on a server that requires TLS');
+        return this.exportName(data);
+      }
       if (option === NBD_OPT_ABORT) {
         // Any data is ignored, as the spec asks.
         this.reply(option, NBD_REP_ACK);
         return null;
       }
       try {
+        if (this.tlsRequired && option !== NBD_OPT_STARTTLS) {
+          throw new OptionRefused(NBD_REP_ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first');
+        }
         const result = await this.option(option, data);
         if (result) return result;
       } catch (err) {
@@ -186,17 +237,40 @@ class Handshake {
         this.metaContextOption(option, data);
         return null;
       case NBD_OPT_STARTTLS:
-        throw new OptionRefused(NBD_REP_ERR_UNSUP, 'TLS is not supported by this server');
+        await this.startTls(data);
+        return null;
       default:
         throw new OptionRefused(NBD_REP_ERR_UNSUP, `option ${option} is not supported`);
     }
+  }
+
+  private async startTls(data: Buffer): Promise<void> {
+    const tls = this.ctx.tls;
+    if (!tls) throw new OptionRefused(NBD_REP_ERR_UNSUP, 'TLS is not supported by this server');
+    if (tls.mode === 'off') throw new OptionRefused(NBD_REP_ERR_POLICY, 'TLS is turned off on this server');
+    if (this.tlsUp) throw new OptionRefused(NBD_REP_ERR_INVALID, 'TLS is already in use');
+    if (data.length !== 0) throw new OptionRefused(NBD_REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
+    // Bytes already here were sent before the client could have seen our ACK: plaintext that would
+    // otherwise be taken as coming from inside the TLS session (STARTTLS command injection).
+    if (this.reader.bufferedBytes > 0) throw new ProtocolError('data pipelined after NBD_OPT_STARTTLS');
+    // No await between here and the TLS socket taking over: whatever arrives next is TLS.
+    this.reader.release();
+    this.reply(NBD_OPT_STARTTLS, NBD_REP_ACK);
+    const up = await tls.start();
+    this.socket = up.socket;
+    this.reader = up.reader;
+    this.exports = up.exports;
+    this.accountId = up.accountId;
+    this.tlsUp = true;
+    this.structuredReplies = false;
+    this.metaContext = null;
   }
 
   private async list(data: Buffer): Promise<void> {
     if (data.length !== 0) throw new OptionRefused(NBD_REP_ERR_INVALID, 'NBD_OPT_LIST takes no data');
     let entries: Array<{ name: string; description?: string }>;
     try {
-      entries = await this.ctx.exports.list();
+      entries = await this.exports.list();
     } catch (err) {
       this.ctx.log('error', 'nbd export listing failed', { ...this.ctx.fields, error: errorMessage(err) });
       throw new OptionRefused(NBD_REP_ERR_POLICY, 'listing exports failed');
@@ -277,6 +351,7 @@ class Handshake {
       structuredReplies: this.structuredReplies,
       baseAllocationContextId: base ? BASE_ALLOCATION_CONTEXT_ID : null,
       transmissionFlags: flags,
+      accountId: this.accountId,
     };
   }
 
@@ -321,11 +396,11 @@ class Handshake {
   private async open(name: string): Promise<OpenedExport> {
     try {
       try {
-        return await this.ctx.exports.open(name);
+        return await this.exports.open(name);
       } catch (err) {
         const busy = err instanceof ExportUnavailableError && err.reason === 'busy';
         if (!busy || !this.ctx.waitForRelease || !(await this.ctx.waitForRelease(name))) throw err;
-        return await this.ctx.exports.open(name);
+        return await this.exports.open(name);
       }
     } catch (err) {
       if (err instanceof ExportUnavailableError) {
@@ -344,7 +419,7 @@ class Handshake {
 
   private async describe(name: string): Promise<ExportDescription> {
     try {
-      return await this.ctx.exports.describe(name);
+      return await this.exports.describe(name);
     } catch (err) {
       if (err instanceof ExportUnavailableError) {
         throw new OptionRefused(err.reason === 'unknown' ? NBD_REP_ERR_UNKNOWN : NBD_REP_ERR_POLICY, err.message);
@@ -366,7 +441,7 @@ class Handshake {
   }
 
   private send(buf: Buffer): void {
-    const s = this.ctx.socket;
+    const s = this.socket;
     if (s.destroyed || s.writableEnded) throw new ConnectionClosedError('connection closed');
     s.write(buf);
   }

@@ -1,20 +1,28 @@
 /**
  * The NBD server: accepts TCP connections, runs handshake then transmission on each, and owns every
- * connection's lifetime (timeouts, logging, releasing the opened export exactly once, shutdown).
+ * connection's lifetime (timeouts, logging, the upgrade to TLS, releasing the opened export exactly
+ * once, shutdown).
  */
 import net from 'node:net';
 import type { ExportProvider, OpenedExport } from '../block-target.ts';
 import { ProtocolError, errorMessage } from './errors.ts';
-import { negotiate } from './handshake.ts';
+import { negotiate, type HandshakeTls, type UpgradedTransport } from './handshake.ts';
 import { safeLogger, type NbdLogFields, type NbdLogFn } from './log.ts';
 import { ConnectionClosedError, SocketReader } from './socket-reader.ts';
+import { NBD_TLS_MODES, PskAuthenticator, TlsHandshakeError, type NbdTlsMode, type NbdTlsOptions } from './tls.ts';
 import { serveTransmission, type TransmissionLimits } from './transmission.ts';
 
 export interface NbdServerOptions {
   host: string;
   /** 0 picks a free port (see the `port` of the result). */
   port: number;
+  /** Every export: what a plaintext client sees (with TLS `off` or `on`). */
   exports: ExportProvider;
+  /**
+   * TLS with pre-shared keys (tls.ts). Absent: the server has no TLS (NBD_OPT_STARTTLS answers
+   * NBD_REP_ERR_UNSUP) and every client sees `exports`.
+   */
+  tls?: NbdTlsOptions;
   log?: NbdLogFn;
   /** Per-connection cap on requests in flight (default 128). */
   maxInFlightRequests?: number;
@@ -26,6 +34,10 @@ export interface NbdServerOptions {
 
 export interface NbdServer {
   readonly port: number;
+  /** The TLS mode in force ('off' also when no TLS was configured). */
+  readonly tlsMode: NbdTlsMode;
+  /** Connections accepted and not yet fully closed (socket closed, export released). */
+  connectionCount(): number;
   /**
    * Stops listening, disconnects every client, waits for their in-flight backend operations to
    * settle and their exports to be released. Idempotent.
@@ -86,6 +98,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
     maxInFlightBytes: options.maxInFlightBytes ?? DEFAULTS.maxInFlightBytes,
   };
   const handshakeTimeoutMs = options.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutMs;
+  const tls = tlsSetup(options.tls);
   const connections = new Set<Connection>();
   const pendingReleases = new PendingReleases();
   let nextId = 1;
@@ -99,7 +112,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
       socket.destroy();
       return;
     }
-    const conn = new Connection(socket, nextId++, options.exports, log, limits, handshakeTimeoutMs, pendingReleases);
+    const conn = new Connection(socket, nextId++, options.exports, tls, log, limits, handshakeTimeoutMs, pendingReleases);
     connections.add(conn);
     void conn.done.then(() => connections.delete(conn));
   });
@@ -115,10 +128,13 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   });
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : options.port;
-  log('info', 'nbd server listening', { host: options.host, port });
+  const tlsMode = tls?.mode ?? 'off';
+  log('info', 'nbd server listening', { host: options.host, port, tls: tlsMode });
 
   return {
     port,
+    tlsMode,
+    connectionCount: () => connections.size,
     close() {
       closing ??= (async () => {
         const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
@@ -131,25 +147,43 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   };
 }
 
+/** What every connection shares of the TLS settings. */
+interface TlsSetup {
+  mode: NbdTlsMode;
+  auth: PskAuthenticator;
+  exportsFor: (accountId: string) => ExportProvider;
+}
+
+function tlsSetup(options: NbdTlsOptions | undefined): TlsSetup | null {
+  if (!options) return null;
+  if (!NBD_TLS_MODES.includes(options.mode)) throw new Error(`unknown NBD TLS mode ${String(options.mode)} (known: ${NBD_TLS_MODES.join(', ')})`);
+  return { mode: options.mode, auth: new PskAuthenticator((identity) => options.keyFor(identity)), exportsFor: (a) => options.exportsFor(a) };
+}
+
 class Connection {
   /** Resolves when the socket is closed and the export (if any) released. Never rejects. */
   readonly done: Promise<void>;
   private readonly fields: NbdLogFields;
   private readonly socketClosed: Promise<void>;
   private reader: SocketReader | null = null;
+  /** The socket the protocol runs on: the TCP socket, or the TLS socket over it after STARTTLS. */
+  private socket: net.Socket;
 
   constructor(
-    private readonly socket: net.Socket,
+    private readonly raw: net.Socket,
     id: number,
     private readonly exports: ExportProvider,
+    private readonly tls: TlsSetup | null,
     private readonly log: NbdLogFn,
     private readonly limits: TransmissionLimits,
     private readonly handshakeTimeoutMs: number,
     private readonly pendingReleases: PendingReleases,
   ) {
-    this.fields = { conn: id, remote: `${socket.remoteAddress}:${socket.remotePort}` };
-    this.socketClosed = new Promise((resolve) => socket.once('close', () => resolve()));
-    socket.on('error', (err: NodeJS.ErrnoException) => {
+    this.socket = raw;
+    this.fields = { conn: id, remote: `${raw.remoteAddress}:${raw.remotePort}` };
+    // The TCP socket closes in every case (destroying the TLS socket over it closes it too).
+    this.socketClosed = new Promise((resolve) => raw.once('close', () => resolve()));
+    raw.on('error', (err: NodeJS.ErrnoException) => {
       this.log('debug', 'nbd socket error', { ...this.fields, error: err.code ?? err.message });
     });
     this.done = this.run().then(
@@ -161,10 +195,28 @@ class Connection {
   /** Disconnects immediately (server shutdown). */
   abort(): void {
     this.socket.destroy();
+    this.raw.destroy();
+  }
+
+  /** NBD_OPT_STARTTLS was acknowledged: the TLS handshake runs on the TCP socket, then haggling goes on in it. */
+  private startTls(tls: TlsSetup): Promise<UpgradedTransport> {
+    // Synchronous up to the TLS socket's creation: no byte may reach anyone else in between.
+    const upgrading = tls.auth.upgrade(this.raw, (err: NodeJS.ErrnoException) => {
+      this.log('debug', 'nbd tls socket error', { ...this.fields, error: err.code ?? err.message });
+    });
+    return upgrading.then((session) => {
+      this.socket = session.socket;
+      this.socket.setNoDelay(true);
+      const reader = new SocketReader(session.socket);
+      this.reader = reader;
+      Object.assign(this.fields, { tls: session.protocol, account: session.accountId });
+      this.log('info', 'nbd tls established', { ...this.fields, identity: session.identity, cipher: session.cipher });
+      return { socket: session.socket, reader, accountId: session.accountId, exports: tls.exportsFor(session.accountId) };
+    });
   }
 
   private async run(): Promise<void> {
-    const { socket, log, fields } = this;
+    const { raw: socket, log, fields } = this;
     log('info', 'nbd client connected', fields);
     socket.setNoDelay(true);
     // A client host that vanishes without FIN/RST would otherwise hold its export forever.
@@ -173,7 +225,7 @@ class Connection {
     this.reader = reader;
     const handshakeTimer = setTimeout(() => {
       log('warn', 'nbd handshake timed out', fields);
-      socket.destroy();
+      this.abort();
     }, this.handshakeTimeoutMs);
     let opened: OpenedExport | null = null;
     let exportName: string | undefined;
@@ -187,11 +239,14 @@ class Connection {
       this.pendingReleases.track(exportName, new Promise<void>((resolve) => (markReleased = resolve)));
     };
     socket.once('close', depart);
+    const tls = this.tls;
+    const handshakeTls: HandshakeTls | null = tls && { mode: tls.mode, start: () => this.startTls(tls) };
     try {
       const session = await negotiate({
         socket,
         reader,
         exports: this.exports,
+        tls: handshakeTls,
         log,
         fields,
         waitForRelease: (name) => this.pendingReleases.wait(name, HANDOFF_WAIT_MS),
@@ -213,8 +268,9 @@ class Connection {
         blockStatus: session.baseAllocationContextId !== null,
       });
       const end = await serveTransmission({
-        socket,
-        reader,
+        // After STARTTLS: the TLS socket and its reader.
+        socket: this.socket,
+        reader: this.reader ?? reader,
         session,
         limits: this.limits,
         log,
@@ -223,7 +279,10 @@ class Connection {
       });
       reason = end === 'disconnect-command' ? 'client sent NBD_CMD_DISC' : 'connection closed by client';
     } catch (err) {
-      if (err instanceof ProtocolError) {
+      if (err instanceof TlsHandshakeError) {
+        reason = 'tls handshake failed';
+        log('warn', 'nbd tls handshake failed', { ...fields, identity: err.identity, error: err.message });
+      } else if (err instanceof ProtocolError) {
         reason = 'protocol error';
         log('warn', 'nbd protocol error', { ...fields, error: err.message });
       } else if (err instanceof ConnectionClosedError) {
@@ -246,7 +305,7 @@ class Connection {
         }
         markReleased();
       }
-      if (reason === 'protocol error' || reason === 'internal error') socket.destroy();
+      if (reason === 'protocol error' || reason === 'internal error' || reason === 'tls handshake failed') this.abort();
       else this.endGracefully();
       log('info', 'nbd client disconnected', { ...fields, ...(exportName === undefined ? {} : { export: exportName }), reason });
     }

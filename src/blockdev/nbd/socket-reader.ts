@@ -143,6 +143,20 @@ export class SocketReader {
     if (!this.socket.destroyed) this.socket.resume();
   }
 
+  /**
+   * Hands the socket over to another reader of the same stream (a TLS layer after STARTTLS): stops
+   * listening without consuming or discarding anything. Only valid with nothing queued and no read
+   * pending; bytes queued here would be bytes the new reader never sees.
+   */
+  release(): void {
+    if (this.pending || this.buffered > 0) throw new Error('SocketReader: release with unread bytes');
+    this.socket.off('data', this.onData);
+    this.socket.off('end', this.onEnd);
+    this.socket.off('close', this.onEnd);
+    // (Never paused by us here: the socket is paused only while bytes are queued.)
+    this.closed ??= new ConnectionClosedError('reader released');
+  }
+
   private push(chunk: Buffer): void {
     if (chunk.length === 0) return;
     this.chunks.push(chunk);

@@ -1,16 +1,16 @@
 import type pg from 'pg';
-import type { JobRecord, JobRepository, JobState } from '../metadata-store.ts';
+import { LeaseLostError, type JobRecord, type JobRepository, type JobState } from '../metadata-store.ts';
 import { lockKey, withTransaction } from './connection.ts';
 
 interface Row {
   id: number; kind: string; key: string; grp: string; payload: string; state: string; attempts: number; run_after: number;
-  lease_owner: string | null; lease_until: number | null; lease_token: number; last_error: string | null; progress: string | null;
+  lease_owner: string | null; lease_until: number | null; lease_token: number; node: string | null; last_error: string | null; progress: string | null;
   created_at: number; updated_at: number; progressed_at: number | null;
 }
 
 const toJob = (r: Row): JobRecord => ({
   id: r.id, kind: r.kind, key: r.key, group: r.grp, payload: JSON.parse(r.payload), state: r.state as JobState,
-  attempts: r.attempts, runAfter: r.run_after, leaseOwner: r.lease_owner, leaseUntil: r.lease_until, lastError: r.last_error,
+  attempts: r.attempts, runAfter: r.run_after, leaseOwner: r.lease_owner, leaseUntil: r.lease_until, leaseToken: r.lease_token, node: r.node, lastError: r.last_error,
   progress: r.progress === null ? null : JSON.parse(r.progress), createdAt: r.created_at, updatedAt: r.updated_at,
   progressedAt: r.progressed_at,
 });
@@ -36,16 +36,21 @@ type Attempt = { job: JobRecord } | { none: true } | { full: string };
  * 1 of 2 and both claim: 3 running), a table lock on jobs (every claim and every lease renewal of
  * the region in one line), and `pg_try_advisory_xact_lock` (a busy group would look full and a
  * claimer would sleep a poll interval with work waiting).
+ *
+ * After the claim, the job's writes are fenced by its token (COORD-1): each is one UPDATE whose
+ * WHERE clause asks for `state = 'running' AND lease_token = $token`, re-checked on the newest
+ * version of the row when a concurrent claim is waited for. A holder that stalled past its lease
+ * and lost the job to another claim therefore changes nothing, whatever its clock says.
  */
 export class PostgresJobRepository implements JobRepository {
   constructor(private readonly db: pg.Pool) {}
 
-  async enqueue(job: { kind: string; key: string; group: string; payload: unknown; runAfter?: number }): Promise<JobRecord> {
+  async enqueue(job: { kind: string; key: string; group: string; payload: unknown; runAfter?: number; node?: string | null }): Promise<JobRecord> {
     const now = Date.now();
     const inserted = await this.db.query(
-      `INSERT INTO jobs (kind, key, grp, payload, state, run_after, created_at, updated_at)
-       VALUES ($1, $2, $3, $4, 'queued', $5, $6, $6) ON CONFLICT (key) DO NOTHING RETURNING *`,
-      [job.kind, job.key, job.group, JSON.stringify(job.payload), job.runAfter ?? now, now],
+      `INSERT INTO jobs (kind, key, grp, payload, state, run_after, node, created_at, updated_at)
+       VALUES ($1, $2, $3, $4, 'queued', $5, $7, $6, $6) ON CONFLICT (key) DO NOTHING RETURNING *`,
+      [job.kind, job.key, job.group, JSON.stringify(job.payload), job.runAfter ?? now, now, job.node ?? null],
     );
     if (inserted.rows[0]) return toJob(inserted.rows[0]);
     // The key existed (or a concurrent enqueue of it committed first): a new statement sees it.
@@ -62,7 +67,7 @@ export class PostgresJobRepository implements JobRepository {
     return rows[0] ? toJob(rows[0]) : null;
   }
 
-  async claim(kinds: string[], owner: string, now: number, leaseMs: number, groupLimit: (group: string) => number): Promise<JobRecord | null> {
+  async claim(kinds: string[], owner: string, now: number, leaseMs: number, groupLimit: (group: string) => number, node: string | null): Promise<JobRecord | null> {
     if (kinds.length === 0) return null;
     // Groups already at their cap, as a hint only (it may be stale at once; the guarded claim
     // decides): a full group at the head of the queue then costs no extra attempt per claim.
@@ -75,8 +80,9 @@ export class PostgresJobRepository implements JobRepository {
           `SELECT id, grp FROM jobs WHERE state IN ('queued', 'running') AND kind = ANY($1)
              AND ((state = 'queued' AND run_after <= $2) OR (state = 'running' AND lease_until <= $2))
              AND NOT (grp = ANY($3))
+             AND (node IS NULL OR node = $4::text)
            ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED`,
-          [kinds, now, [...full]],
+          [kinds, now, [...full], node],
         );
         const candidate = rows[0] as { id: number; grp: string } | undefined;
         if (!candidate) return { none: true };
@@ -105,31 +111,39 @@ export class PostgresJobRepository implements JobRepository {
     }
   }
 
-  async renewLease(id: number, owner: string, until: number): Promise<boolean> {
+  async renewLease(id: number, token: number, until: number): Promise<boolean> {
     const { rowCount } = await this.db.query(
-      "UPDATE jobs SET lease_until = $3, updated_at = $4 WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
-      [id, owner, until, Date.now()],
+      "UPDATE jobs SET lease_until = $3, updated_at = $4 WHERE id = $1 AND state = 'running' AND lease_token = $2",
+      [id, token, until, Date.now()],
     );
     return rowCount === 1;
   }
 
-  async saveProgress(id: number, progress: unknown): Promise<void> {
+  async saveProgress(id: number, token: number, progress: unknown): Promise<void> {
     const now = Date.now();
-    await this.db.query('UPDATE jobs SET progress = $2, updated_at = $3, progressed_at = $3 WHERE id = $1', [id, JSON.stringify(progress), now]);
+    const { rowCount } = await this.db.query(
+      "UPDATE jobs SET progress = $3, updated_at = $4, progressed_at = $4 WHERE id = $1 AND state = 'running' AND lease_token = $2",
+      [id, token, JSON.stringify(progress), now],
+    );
+    if (rowCount !== 1) throw new LeaseLostError(id, token, 'saveProgress');
   }
 
-  async retryLater(id: number, owner: string, runAfter: number, error: string): Promise<void> {
-    await this.db.query(
-      "UPDATE jobs SET state = 'queued', run_after = $3, last_error = $4, lease_owner = NULL, lease_until = NULL, updated_at = $5 WHERE id = $1 AND lease_owner = $2",
-      [id, owner, runAfter, error, Date.now()],
+  async retryLater(id: number, token: number, runAfter: number, error: string): Promise<void> {
+    const { rowCount } = await this.db.query(
+      `UPDATE jobs SET state = 'queued', run_after = $3, last_error = $4, lease_owner = NULL, lease_until = NULL, updated_at = $5
+       WHERE id = $1 AND state = 'running' AND lease_token = $2`,
+      [id, token, runAfter, error, Date.now()],
     );
+    if (rowCount !== 1) throw new LeaseLostError(id, token, 'retryLater');
   }
 
-  async finish(id: number, owner: string, state: 'done' | 'failed', error: string | null): Promise<void> {
-    await this.db.query(
-      'UPDATE jobs SET state = $3, last_error = $4, lease_owner = NULL, lease_until = NULL, updated_at = $5 WHERE id = $1 AND lease_owner = $2',
-      [id, owner, state, error, Date.now()],
+  async finish(id: number, token: number, state: 'done' | 'failed', error: string | null): Promise<void> {
+    const { rowCount } = await this.db.query(
+      `UPDATE jobs SET state = $3, last_error = $4, lease_owner = NULL, lease_until = NULL, updated_at = $5
+       WHERE id = $1 AND state = 'running' AND lease_token = $2`,
+      [id, token, state, error, Date.now()],
     );
+    if (rowCount !== 1) throw new LeaseLostError(id, token, 'finish');
   }
 
   async list(states: JobState[], kinds?: string[]): Promise<JobRecord[]> {

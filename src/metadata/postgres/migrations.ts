@@ -1,7 +1,8 @@
 /**
  * Versioned schema of a region's PostgreSQL metadata, in PostgreSQL's dialect. Append-only: a
  * database is brought forward step by step, never rebuilt. Version 1 is the whole of SQLite's
- * versions 1-3 (there is no older PostgreSQL database to bring forward); version 2 is SQLite's 4.
+ * versions 1-3 (there is no older PostgreSQL database to bring forward); version 2 is SQLite's 4,
+ * version 3 SQLite's 5.
  *
  * Dialect choices:
  * - epoch-ms timestamps are BIGINT (an INTEGER ends in 1970 + 24 days); ids of jobs and the
@@ -15,7 +16,7 @@
  * - `desc` is a reserved word in PostgreSQL: the column is `description`;
  * - the job queue's own rules are CHECK constraints (a known state; running means leased), so no
  *   writer, ours or an operator's, can break them;
- * - `jobs.lease_token` counts claims: the fencing token a later version puts in `JobRecord`.
+ * - `jobs.lease_token` counts claims: the fencing token of `JobRecord.leaseToken` (COORD-1).
  */
 import type pg from 'pg';
 import { withTransaction } from './connection.ts';
@@ -135,6 +136,29 @@ export const MIGRATIONS: ReadonlyArray<{ version: number; sql: string }> = [
         claimed_at BIGINT,
         epoch TEXT NOT NULL,
         PRIMARY KEY (namespace, id)
+      );
+    `,
+  },
+  {
+    // Coordination of the processes sharing the database (docs/design.md, "Coordination in the
+    // database"): the storage process a job must run on and the one that owns each disk, the node
+    // registry and named singleton leases. `ADD COLUMN` without a default rewrites nothing.
+    version: 3,
+    sql: `
+      ALTER TABLE jobs ADD COLUMN node TEXT;
+      ALTER TABLE volumes ADD COLUMN storage_node TEXT;
+      CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        roles TEXT NOT NULL,
+        url TEXT NOT NULL,
+        nbd_address TEXT,
+        started_at BIGINT NOT NULL,
+        heartbeat_at BIGINT NOT NULL
+      );
+      CREATE TABLE locks (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        lease_until BIGINT NOT NULL
       );
     `,
   },

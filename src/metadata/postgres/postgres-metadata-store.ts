@@ -7,6 +7,8 @@ import { PostgresGcHoldRepository } from './gc-holds.ts';
 import { PostgresIdempotencyRepository } from './idempotency.ts';
 import { checkDatabase } from './integrity.ts';
 import { PostgresJobRepository } from './jobs.ts';
+import { PostgresLockRepository } from './locks.ts';
+import { PostgresNodeRepository } from './nodes.ts';
 import { migrate } from './migrations.ts';
 import { PostgresSnapshotRepository } from './snapshots.ts';
 import { PostgresVolumeRepository } from './volumes.ts';
@@ -17,12 +19,16 @@ import { PostgresVolumeRepository } from './volumes.ts';
  * each repository). Open with `PostgresMetadataStore.open(url)`.
  */
 export class PostgresMetadataStore implements MetadataStore {
+  /** Several processes may share it: start-up must leave other processes' jobs and holds to their leases. */
+  readonly shared = true;
   readonly volumes;
   readonly snapshots;
   readonly idempotency;
   readonly jobs;
   readonly diskBases;
   readonly gcHolds;
+  readonly nodes;
+  readonly locks;
   readonly chunkIndex;
   private closed = false;
 
@@ -33,6 +39,8 @@ export class PostgresMetadataStore implements MetadataStore {
     this.jobs = new PostgresJobRepository(pool);
     this.diskBases = new PostgresDiskBaseRepository(pool);
     this.gcHolds = new PostgresGcHoldRepository(pool);
+    this.nodes = new PostgresNodeRepository(pool);
+    this.locks = new PostgresLockRepository(pool);
     this.chunkIndex = new PostgresChunkIndex(pool, relaxedPool);
   }
 

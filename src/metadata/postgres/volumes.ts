@@ -6,17 +6,20 @@ import { guardedUpdate, pageBySeq } from './sql.ts';
 const COLUMNS: Record<string, string> = {
   name: 'name', desc: 'description', diskSizeInGB: 'size_gb', storageType: 'storage_type', zoneName: 'zone_name',
   createTime: 'create_time', status: 'status', sourceSnapshotId: 'source_snapshot_id', tags: 'tags', lastError: 'last_error',
+  storageNode: 'storage_node',
 };
 
 interface Row {
   id: string; account_id: string; name: string; description: string; size_gb: number; storage_type: string; zone_name: string;
-  create_time: number; status: string; source_snapshot_id: string | null; tags: string; last_error: string | null;
+  create_time: number; status: string; source_snapshot_id: string | null; tags: string; last_error: string | null; storage_node: string | null;
 }
 
 const toVolume = (r: Row): Volume => ({
   id: r.id, accountId: r.account_id, name: r.name, desc: r.description, diskSizeInGB: r.size_gb,
   storageType: r.storage_type as Volume['storageType'], zoneName: r.zone_name, createTime: r.create_time,
   status: r.status as VolumeStatus, sourceSnapshotId: r.source_snapshot_id, tags: JSON.parse(r.tags), lastError: r.last_error,
+  // Only when set: a volume of a single-storage region reads back exactly as it was written.
+  ...(r.storage_node !== null ? { storageNode: r.storage_node } : {}),
 });
 
 export class PostgresVolumeRepository implements VolumeRepository {
@@ -25,9 +28,9 @@ export class PostgresVolumeRepository implements VolumeRepository {
   async insertIfAbsent(v: Volume): Promise<boolean> {
     // ON CONFLICT DO NOTHING: a concurrent insert of the same id is waited for, then this one is a no-op.
     const { rowCount } = await this.db.query(
-      `INSERT INTO volumes (id, account_id, name, description, size_gb, storage_type, zone_name, create_time, status, source_snapshot_id, tags, last_error)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING`,
-      [v.id, v.accountId, v.name, v.desc, v.diskSizeInGB, v.storageType, v.zoneName, v.createTime, v.status, v.sourceSnapshotId, JSON.stringify(v.tags), v.lastError],
+      `INSERT INTO volumes (id, account_id, name, description, size_gb, storage_type, zone_name, create_time, status, source_snapshot_id, tags, last_error, storage_node)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING`,
+      [v.id, v.accountId, v.name, v.desc, v.diskSizeInGB, v.storageType, v.zoneName, v.createTime, v.status, v.sourceSnapshotId, JSON.stringify(v.tags), v.lastError, v.storageNode ?? null],
     );
     return rowCount === 1;
   }
@@ -73,5 +76,12 @@ export class PostgresVolumeRepository implements VolumeRepository {
 
   async delete(id: string): Promise<void> {
     await this.db.query("UPDATE volumes SET deleted_at = $1, status = 'Deleted' WHERE id = $2 AND deleted_at IS NULL", [Date.now(), id]);
+  }
+
+  async countByNode(): Promise<Record<string, number>> {
+    const { rows } = await this.db.query(
+      "SELECT storage_node, count(*) AS n FROM volumes WHERE deleted_at IS NULL AND status <> 'Deleting' AND storage_node IS NOT NULL GROUP BY storage_node",
+    );
+    return Object.fromEntries((rows as Array<{ storage_node: string; n: number }>).map((r) => [r.storage_node, r.n]));
   }
 }

@@ -128,4 +128,28 @@ export const MIGRATIONS: ReadonlyArray<{ version: number; sql: string }> = [
       INSERT INTO chunk_index_sync (id, n) VALUES (0, 0);
     `,
   },
+  {
+    // Coordination (docs/design.md, "Coordination in the database"): the jobs' fencing token and
+    // the storage process a job must run on, the storage process that owns each disk, the node
+    // registry and named singleton leases. The same schema as PostgreSQL's version 3.
+    version: 5,
+    sql: `
+      ALTER TABLE jobs ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE jobs ADD COLUMN node TEXT;
+      ALTER TABLE volumes ADD COLUMN storage_node TEXT;
+      CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        roles TEXT NOT NULL,
+        url TEXT NOT NULL,
+        nbd_address TEXT,
+        started_at INTEGER NOT NULL,
+        heartbeat_at INTEGER NOT NULL
+      );
+      CREATE TABLE locks (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        lease_until INTEGER NOT NULL
+      );
+    `,
+  },
 ];
