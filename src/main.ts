@@ -12,7 +12,7 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
-import { hostname } from 'node:os';
+import { hostname, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Credential, CredentialDirectory } from './api/authenticate.ts';
@@ -72,7 +72,8 @@ export interface BuiltRegion {
   gc(): Promise<unknown>;
   /**
    * Starts the job runner, the periodic housekeeping (worker role) and, in a shared region, the
-   * heartbeat that records `address` (where this process listens) in the node registry.
+   * heartbeat that records `address` (where the region's other processes reach this one: its
+   * HTTP base URL and NBD address) in the node registry.
    */
   start(address?: { url: string; nbd: string | null }): void;
   close(): Promise<void>;
@@ -336,7 +337,7 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
         // processes may take new disks.
         const beat = (): void => {
           meta.nodes
-            .heartbeat({ id: processId, roles: [...roles], url: config.advertiseUrl ?? address.url, nbdAddress: address.nbd, startedAt }, Date.now())
+            .heartbeat({ id: processId, roles: [...roles], url: address.url, nbdAddress: address.nbd, startedAt }, Date.now())
             .catch((e: unknown) => log('warn', 'could not record this process in the node registry', { err: String(e) }));
         };
         beat();
@@ -413,7 +414,8 @@ export async function startServer(config: ServeConfig, out: NodeJS.WritableStrea
     }
     // Jobs start once every region of this process listens: a copy to a neighbour finds it up.
     for (const r of running) {
-      r.start({ url: r.url, nbd: r.nbd ? `${config.host}:${r.nbd.port}` : null });
+      const reachable = reachableHost(config.host);
+      r.start({ url: config.advertiseUrl ?? `http://${reachable}:${config.port + config.regions.indexOf(r.region.name)}`, nbd: r.nbd ? `${reachable}:${r.nbd.port}` : null });
       const roles = r.roles.size === ROLES.length ? '' : ` as ${[...r.roles].join(',')}`;
       out.write(`snapferry: region ${r.region.name} ready on ${r.url}${r.nbd ? ` (nbd ${config.host}:${r.nbd.port})` : ''}${roles}\n`);
     }
@@ -422,6 +424,19 @@ export async function startServer(config: ServeConfig, out: NodeJS.WritableStrea
     throw e;
   }
   return { regions: running, close: closeAll };
+}
+
+/**
+ * The host other processes reach this one at: the listen address, unless it is a wildcard
+ * (0.0.0.0, ::), which names no machine; then the machine's first non-loopback IPv4 address (a
+ * multi-homed machine should say which with --advertise-url).
+ */
+function reachableHost(host: string): string {
+  if (host !== '0.0.0.0' && host !== '::') return host.includes(':') ? `[${host}]` : host;
+  for (const addrs of Object.values(networkInterfaces())) {
+    for (const a of addrs ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  }
+  return '127.0.0.1';
 }
 
 /**

@@ -118,6 +118,11 @@ describe('a region on PostgreSQL + Ceph RGW with api,storage and two worker proc
   const copyJobs = async (): Promise<Array<{ key: string; attempts: number; state: string }>> =>
     (await admin(db.url, "SELECT key, attempts, state FROM jobs WHERE kind = 'snapshot.copy' ORDER BY id")).rows;
 
+  /** The copy job's final record: the source records `done` a moment after the destination's commit. */
+  async function finishedJob(copyId: string): Promise<{ key: string; attempts: number; state: string }> {
+    return until(async () => (await copyJobs()).find((j) => j.key.endsWith(`:${copyId}`) && (j.state === 'done' || j.state === 'failed')), 30_000, `the copy job of ${copyId} to finish`);
+  }
+
   async function inBucket(ids: Iterable<string>): Promise<number> {
     let n = 0;
     for (const id of ids) {
@@ -262,7 +267,7 @@ describe('a region on PostgreSQL + Ceph RGW with api,storage and two worker proc
       assert.equal(got.length, 12, `copy ${i} received ${got.length} chunk uploads`);
       assert.deepEqual(new Set(got), snaps[i]!.distinct);
     }
-    const jobs = (await copyJobs()).filter((j) => copies.some((c) => j.key.endsWith(`:${c}`)));
+    const jobs = await Promise.all(copies.map(finishedJob));
     assert.equal(jobs.length, 8);
     for (const j of jobs) assert.deepEqual([j.state, j.attempts], ['done', 1], `${j.key} was claimed once and done`);
   });
@@ -295,7 +300,7 @@ describe('a region on PostgreSQL + Ceph RGW with api,storage and two worker proc
       t.diagnostic(`kill at ${n / 2} of ${n} chunks: ${resent} resent, ${(proxy.bytesIn() / (n * MiB)).toFixed(3)}x the copy's bytes on the wire`);
       assert.ok(resent <= SENDS_PER_COPY, `${resent} chunks sent twice; at most the ${SENDS_PER_COPY} in flight at the kill may be`);
       assert.ok(proxy.bytesIn() <= 1.1 * n * MiB, `${(proxy.bytesIn() / (n * MiB)).toFixed(3)}x the copy's bytes on the wire`);
-      const job = (await copyJobs()).find((j) => j.key.endsWith(`:${copyId}`))!;
+      const job = await finishedJob(copyId);
       assert.deepEqual([job.state, job.attempts], ['done', 2], 'claimed by the dead worker, then once more by the other');
       await assertRestores(hkg.urls.hkg!, copyId, chunks);
     } finally {
@@ -325,7 +330,7 @@ describe('a region on PostgreSQL + Ceph RGW with api,storage and two worker proc
       proxy.holdAll(false);
       proxy.release();
       await waitSnapshot(sdkClient(hkg.urls.hkg!, AK, SK), copyId, 120_000);
-      const job = (await copyJobs()).find((j) => j.key.endsWith(`:${copyId}`))!;
+      const job = await finishedJob(copyId);
       assert.deepEqual([job.state, job.attempts], ['done', 1], 'the copy ran once, in one worker');
       assert.equal(proxy.uploads().filter((u) => u.status === 200).length, distinct.size, 'no chunk was sent twice');
     } finally {
