@@ -82,10 +82,9 @@ export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
       let body = Buffer.concat(chunks);
       const url = req.url ?? '';
       const chunk = req.method === 'PUT' ? CHUNK_PUT.exec(url) : null;
-      if (chunk) {
-        inflight++;
-        res.once('close', () => inflight--);
-      }
+      // Counted until the proxy has recorded the destination's answer, not until the source's socket
+      // closes: a killed source leaves its upload going on here, and it may still arrive.
+      if (chunk) inflight++;
       const plan = req.method === 'POST' ? MANIFEST_PLAN.exec(url) : null;
       if (plan && !started.includes(plan[1]!)) started.push(plan[1]!);
       if (chunk && (held.has(chunk[1]!) || (holdEverything && !released.has(chunk[1]!)))) {
@@ -98,6 +97,7 @@ export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
       if (chunk && delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
       if (chunk && toFail > 0) {
         toFail--;
+        inflight--;
         uploads.push({ copyId: chunk[1]!, chunkId: chunk[2]!, status: failStatus, bodyBytes: body.length });
         res.writeHead(failStatus, { 'content-type': 'application/json' });
         res.end(JSON.stringify({ requestId: '', code: 'ServiceUnavailable', message: 'injected failure' }));
@@ -110,18 +110,27 @@ export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
         body[Math.floor(body.length / 2)]! ^= 0x40;
       }
       // The hook runs before the source sees the answer, so a test can act at an exact point.
+      let recorded = false;
       const record = async (status: number): Promise<void> => {
-        if (!chunk) return;
+        if (!chunk || recorded) return;
+        recorded = true;
         const u = { copyId: chunk[1]!, chunkId: chunk[2]!, status, bodyBytes: body.length };
         uploads.push(u);
-        await onUpload?.(u, uploads);
+        try {
+          await onUpload?.(u, uploads);
+        } finally {
+          inflight--;
+        }
       };
       const upstream = request(
         { host: '127.0.0.1', port: targetPort, method: req.method, path: req.url, headers: req.headers },
         (up) => {
           const parts: Buffer[] = [];
           up.on('data', (d: Buffer) => parts.push(d));
-          up.once('error', () => res.destroy());
+          up.once('error', async () => {
+            await record(502); // the destination died mid-answer
+            res.destroy();
+          });
           up.once('end', async () => {
             await record(up.statusCode ?? 502);
             res.writeHead(up.statusCode ?? 502, up.headers);
