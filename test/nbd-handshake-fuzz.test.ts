@@ -1,6 +1,7 @@
 /**
  * Hostile clients in the handshake, as a bounded property test (fast-check, fixed seed unless
- * NBD_FUZZ_SEED is set): random client flags, options with random numbers, data and declared lengths
+ * NBD_FUZZ_SEED is set; NBD_FUZZ_RUNS sets the cases per property, as `npm run fuzz` does):
+ * random client flags, options with random numbers, data and declared lengths
  * (truncated, overlong, overlapping the next option), raw garbage, NBD_OPT_STARTTLS followed by
  * bytes that are not TLS, all written in random pieces and ended by a close, a half-close or silence;
  * and real TLS clients with right and wrong keys cut off at a random moment of the TLS handshake.
@@ -23,6 +24,8 @@ import { keysOf } from './helpers/nbd-tls.ts';
 const ACCOUNT = { accountId: 'fuzz', accessKeyId: 'fuzz-ak-0123456789abcdef', secretAccessKey: 'fuzz-secret' };
 const KEY = nbdPskKey(ACCOUNT.secretAccessKey);
 const SEED = process.env.NBD_FUZZ_SEED ? Number(process.env.NBD_FUZZ_SEED) : 20_240_611;
+/** Cases per property (`npm run fuzz` sets it); the bounded run in `npm test` keeps its own counts and time limits. */
+const RUNS = process.env.NBD_FUZZ_RUNS ? Number(process.env.NBD_FUZZ_RUNS) : null;
 const EXPORTS = ['disk', 'ro', 'missing', ''];
 
 const servers = new Map<NbdTlsMode, TestServer>();
@@ -182,7 +185,7 @@ describe('NBD handshake under hostile input (property test)', () => {
           await play(ts.port, s);
           await stillServing(mode, ts.port);
         }),
-        { numRuns: 150, seed: SEED + (mode === 'on' ? 1 : 0), interruptAfterTimeLimit: 90_000, markInterruptAsFailure: false },
+        { numRuns: RUNS ?? 150, seed: SEED + (mode === 'on' ? 1 : 0), interruptAfterTimeLimit: RUNS ? undefined : 90_000, markInterruptAsFailure: false },
       );
       assert.ok(cases >= 50, `only ${cases} cases ran in the time limit`);
       await assertClean(mode);
@@ -234,7 +237,7 @@ describe('NBD handshake under hostile input (property test)', () => {
         c.destroy();
         await stillServing('require', ts.port);
       }),
-      { numRuns: 80, seed: SEED + 2, interruptAfterTimeLimit: 60_000, markInterruptAsFailure: false },
+      { numRuns: RUNS ?? 80, seed: SEED + 2, interruptAfterTimeLimit: RUNS ? undefined : 60_000, markInterruptAsFailure: false },
     );
     assert.ok(established > 0, 'some cases completed the TLS handshake');
     await assertClean('require');

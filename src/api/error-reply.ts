@@ -27,6 +27,9 @@ function fromFramework(err: { code?: string; statusCode?: number; message: strin
     case 'FST_ERR_BAD_URL':
     case 'FST_ERR_ASYNC_CONSTRAINT':
       return new ApiError('InvalidURI');
+    case 'FST_ERR_MAX_PARAM_LENGTH':
+      // Fastify's message repeats the whole URL (up to the 16 KiB header limit): not echoed.
+      return new ApiError('InvalidURI', 'A path segment (an id) is longer than 100 characters.');
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
       return new ApiError('InvalidHTTPRequest', 'The Content-Type header cannot be parsed.');
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
@@ -90,8 +93,8 @@ export function sendError(reply: FastifyReply, req: FastifyRequest, err: unknown
     return;
   }
   // A body left unread (refused before it was read, or read only in part) would otherwise be read
-  // and thrown away to keep the connection: close it instead.
-  if (req.raw.complete === false) reply.header('connection', 'close');
+  // and thrown away to keep the connection: close it instead (gently: see closeAfterAnswer).
+  if (req.raw.complete === false) closeAfterAnswer(reply, req.raw.socket);
   void reply
     .code(apiError.status)
     .header('x-bce-request-id', req.id)
@@ -115,6 +118,39 @@ export function clientErrorCode(err: { code?: string }): ApiError {
 
 /** How long a connection answered by `answerClientError` may take to read the answer before it is cut. */
 const CLIENT_ERROR_LINGER_MS = 2000;
+
+const lingering = new WeakSet<Socket>();
+
+/**
+ * Answers with `Connection: close` a request whose body is left unread (refused before it was read,
+ * or read only in part), and closes the connection without a reset. Node destroys such a socket as
+ * soon as the answer is flushed; closing a socket that still has unread bytes makes the kernel send
+ * a reset, which can discard the answer at the client before it is read (the fuzz test saw a 413
+ * lost so). Instead the answer is followed by a FIN, whatever the client still sends is read and
+ * dropped, and the socket is closed once the client closes its side, or after
+ * CLIENT_ERROR_LINGER_MS at most.
+ */
+export function closeAfterAnswer(reply: FastifyReply, socket: Socket | null | undefined): void {
+  reply.header('connection', 'close');
+  lingerOnClose(socket);
+}
+
+/** The close of closeAfterAnswer, for an answer written on Node's response directly (`Connection: close` set by the caller). */
+export function lingerOnClose(socket: Socket | null | undefined): void {
+  if (!socket || lingering.has(socket)) return;
+  lingering.add(socket);
+  // Node's server calls destroySoon() once the last answer on the connection is flushed.
+  socket.destroySoon = function linger(this: Socket): void {
+    if (this.destroyed) return;
+    if (this.writable) this.end();
+    const timer = setTimeout(() => this.destroy(), CLIENT_ERROR_LINGER_MS);
+    timer.unref();
+    this.once('close', () => clearTimeout(timer));
+    this.once('end', () => this.destroy());
+    this.on('error', () => {});
+    this.resume();
+  };
+}
 
 /**
  * Node's 'clientError' (fastify's `clientErrorHandler`): answers in BCE's format, with a fresh
@@ -140,6 +176,11 @@ export function answerClientError(err: Error & { code?: string }, socket: Socket
     socket.destroy();
     return;
   }
+  answerOnSocket(socket, apiError, requestId);
+}
+
+/** Writes a BCE error answer straight on a socket and closes it after a moment of reading and dropping. */
+function answerOnSocket(socket: Socket, apiError: ApiError, requestId: string): void {
   const body = JSON.stringify({ requestId, code: apiError.code, message: apiError.message });
   socket.removeAllListeners('data');
   socket.on('data', () => {});
@@ -150,4 +191,18 @@ export function answerClientError(err: Error & { code?: string }, socket: Socket
       `x-bce-request-id: ${requestId}\r\nconnection: close\r\n\r\n${body}`,
   );
   setTimeout(() => socket.destroy(), CLIENT_ERROR_LINGER_MS).unref();
+}
+
+/**
+ * `CONNECT host:port` (a proxy's method, Node's 'connect' event): Node would drop the connection
+ * without an answer; it gets a BCE 405 MethodNotAllowed instead.
+ */
+export function answerConnect(socket: Socket, debug?: DebugLog): void {
+  const requestId = randomUUID();
+  debug?.('CONNECT refused', { requestId });
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  answerOnSocket(socket, new ApiError('MethodNotAllowed', 'CONNECT is not allowed here: this is not a proxy.'), requestId);
 }

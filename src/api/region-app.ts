@@ -10,6 +10,7 @@
  * `keepAliveTimeoutMs`, at most `maxConnections` are open at once, and every route bounds its body.
  */
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import type { Socket } from 'node:net';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { ApiError } from '../domain/errors.ts';
 import type { Counter, MetricsRegistry } from '../lib/metrics.ts';
@@ -17,7 +18,7 @@ import type { SnapshotService } from '../services/snapshot-service.ts';
 import type { VolumeDataService } from '../services/volume-data-service.ts';
 import type { VolumeService } from '../services/volume-service.ts';
 import type { CredentialDirectory } from './authenticate.ts';
-import { answerClientError, clientErrorCode, sendError, type DebugLog, type Log } from './error-reply.ts';
+import { answerClientError, answerConnect, clientErrorCode, closeAfterAnswer, lingerOnClose, sendError, type DebugLog, type Log } from './error-reply.ts';
 import { MAX_JSON_BODY } from './json-input.ts';
 import { snapshotRoutes } from './snapshot-routes.ts';
 import { volumeDataRoutes } from './volume-data-routes.ts';
@@ -133,9 +134,12 @@ export function buildRegionApp(deps: RegionApiDeps): FastifyInstance {
     frameworkErrors: (err, req, reply) => sendError(reply, req, err, deps.log, deps.debugLog),
   });
   app.server.maxConnections = limits.maxConnections;
+  // CONNECT: Node would close the connection without a word.
+  app.server.on('connect', (_req, socket: Socket) => answerConnect(socket, deps.debugLog));
   app.server.on('drop', () => refused.inc());
   // `Expect:` other than 100-continue: Node would answer a bare 417 of its own.
-  app.server.on('checkExpectation', (_req, res) => {
+  app.server.on('checkExpectation', (req, res) => {
+    lingerOnClose(req.socket as Socket); // the body is never read
     const requestId = randomUUID();
     const error = new ApiError('ExpectationFailed');
     const body = JSON.stringify({ requestId, code: error.code, message: error.message });
@@ -164,16 +168,18 @@ export function buildRegionApp(deps: RegionApiDeps): FastifyInstance {
   });
   // A body nobody read would be read and thrown away after the answer, to keep the connection: close it instead.
   app.addHook('onSend', async (req, reply) => {
-    if (req.raw.complete === false) reply.header('connection', 'close');
+    if (req.raw.complete === false) closeAfterAnswer(reply, req.raw.socket);
   });
   app.setErrorHandler((err, req, reply) => sendError(reply, req, err, deps.log, deps.debugLog));
   app.setNotFoundHandler((req, reply) => {
     const path = (req.raw.url ?? req.url).split('?')[0]!;
     const version = /^\/v(\d+)\//.exec(path);
+    // The path as the message shows it: a request line may be 16 KiB, an answer need not repeat it.
+    const shown = path.length > 200 ? `${path.slice(0, 200)}...` : path;
     const error =
-      version && version[1] !== '2' ? new ApiError('InvalidVersion', `API version v${version[1]} is not served; use v2.`)
-      : KNOWN_PATHS.some((p) => p.test(path)) ? new ApiError('MethodNotAllowed', `${req.method} is not allowed on ${path}.`)
-      : new ApiError('NoSuchRoute', `No API at ${req.method} ${path}.`);
+      version && version[1] !== '2' ? new ApiError('InvalidVersion', `API version v${version[1]!.slice(0, 20)} is not served; use v2.`)
+      : KNOWN_PATHS.some((p) => p.test(path)) ? new ApiError('MethodNotAllowed', `${req.method} is not allowed on ${shown}.`)
+      : new ApiError('NoSuchRoute', `No API at ${req.method} ${shown}.`);
     sendError(reply, req, error, deps.log, deps.debugLog);
   });
 

@@ -86,8 +86,12 @@ export function bccRoute(
       if (!options.streamBody) await readWholeBody(req);
       const result = await handler({ ctx, params: req.params as Record<string, string>, query: req.query as Query, body: bodyStream(req), req, reply });
       if (result === STREAMED) return reply;
-      // Drain an unread body so keep-alive connections stay usable.
-      bodyStream(req).resume();
+      // Drain an unread body so keep-alive connections stay usable. Every handler has verified what it
+      // acted on; a digest failing in this drain has no one left to tell, and an 'error' event without
+      // a listener would crash the process (it did: a zeroLength write carrying a wrong digest).
+      const rest = bodyStream(req);
+      rest.on('error', () => {});
+      rest.resume();
       reply.code(200);
       if (result === undefined) return reply.send();
       return reply.header('content-type', 'application/json; charset=utf-8').send(JSON.stringify(result));

@@ -12,7 +12,7 @@ import { MAX_DISK_GB } from '../domain/volume.ts';
 import { DATA_PIECE, type VolumeDataService } from '../services/volume-data-service.ts';
 import { declaresDigest, hasBody, parseBodyDigests } from './body-guard.ts';
 import { queryString } from './query-input.ts';
-import { bccRoute, bodyStream, STREAMED, type RouteEnv } from './route-kit.ts';
+import { bccRoute, bodyStream, readWholeBody, STREAMED, type RouteEnv } from './route-kit.ts';
 
 /** `bytes=a-b`, `bytes=a-` or `bytes=-n` against a size; one range only. */
 export function parseRange(header: string | undefined, size: number): { start: number; end: number } | null {
@@ -74,6 +74,8 @@ export function volumeDataRoutes(app: FastifyInstance, env: RouteEnv, data: Volu
     if (zeroLength !== null) {
       if (!/^\d+$/.test(zeroLength)) throw new ApiError('BadRequest', 'zeroLength must be a non-negative integer.');
       if (hasBody(req.headers)) throw new ApiError('BadRequest', 'A write with zeroLength takes no body.');
+      // A digest header must match the empty body (BadDigest, nothing zeroed), as on every route.
+      await readWholeBody(req);
       await data.writeZeroes(ctx, params.id!, Number(offsetText), Number(zeroLength));
       return undefined;
     }

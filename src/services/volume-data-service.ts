@@ -19,6 +19,8 @@ export const DATA_PIECE = 1 << 20;
  * body is held in memory until it has been received whole and verified; the CLI writes 4 MiB pieces.
  */
 export const VERIFIED_WRITE_MAX_BYTES = 64 << 20;
+/** The extents of a disk are computed this many bytes at a time (262144 chunks of 1 MiB: some 10 ms of work). */
+const EXTENTS_WINDOW_BYTES = 256 * 1024 ** 3;
 /** Bytes of verified writes held in memory at once, per region; further writes wait their turn. */
 export const VERIFIED_WRITE_BUDGET_BYTES = 256 << 20;
 
@@ -70,12 +72,21 @@ export class VolumeDataService {
   async extents(ctx: RequestContext, id: string): Promise<Array<Extent & { offset: number }>> {
     using held = await this.openForRead(ctx, id);
     const disk = held.disk;
-    let offset = 0;
-    return (await disk.extents(0, disk.size)).map((e) => {
-      const out = { offset, ...e };
-      offset += e.length;
-      return out;
-    });
+    // The map is walked a window at a time, with a turn of the event loop between windows: in one go,
+    // a 32765 GB disk's 33.5 M chunks held the event loop (every other request and NBD client of the
+    // process) for 0.8-1.3 s per call.
+    const out: Array<Extent & { offset: number }> = [];
+    for (let at = 0; at < disk.size; at += EXTENTS_WINDOW_BYTES) {
+      if (at > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      let offset = at;
+      for (const e of await disk.extents(at, Math.min(EXTENTS_WINDOW_BYTES, disk.size - at))) {
+        const prev = out[out.length - 1];
+        if (prev && prev.hole === e.hole && prev.zero === e.zero) prev.length += e.length;
+        else out.push({ offset, ...e });
+        offset += e.length;
+      }
+    }
+    return out;
   }
 
   /** Makes [offset, offset+length) read as zeros without sending them (trimmed chunks cost no data write). */

@@ -12,7 +12,7 @@ import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { request } from 'undici';
 import { buildRegionApp, type RegionApiDeps } from '../../src/api/region-app.ts';
-import { loadServeConfig, type ServeConfig } from '../../src/config.ts';
+import { loadServeConfig, type Account, type ServeConfig } from '../../src/config.ts';
 import type { LogFn } from '../../src/lib/logger.ts';
 import { Sha256Pool } from '../../src/lib/sha256-pool.ts';
 import { buildRegion, tenantDirectory, type BuiltRegion } from '../../src/main.ts';
@@ -59,9 +59,9 @@ export interface LiveAppOptions extends Partial<Pick<RegionApiDeps, 'limits' | '
   configToken?: boolean;
 }
 
-export async function startLiveRegion(options: { app?: LiveAppOptions } = {}): Promise<LiveRegion> {
+export async function startLiveRegion(options: { app?: LiveAppOptions; /** Accounts besides Alice and Bob. */ accounts?: Account[] } = {}): Promise<LiveRegion> {
   const dir = await mkdtemp(join(tmpdir(), 'snapferry-live-'));
-  const config = { ...loadServeConfig({ dataDir: dir, regions: 'bj' }, {}), accounts: [ALICE, BOB], gcGraceMs: 0 };
+  const config = { ...loadServeConfig({ dataDir: dir, regions: 'bj' }, {}), accounts: [ALICE, BOB, ...(options.accounts ?? [])], gcGraceMs: 0 };
   const hasher = new Sha256Pool({ size: 1 });
   const lines: string[] = [];
   const debugLines: string[] = [];
