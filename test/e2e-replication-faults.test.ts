@@ -10,13 +10,13 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BceClient } from '../src/lib/bce-client.ts';
 import { SENDS_PER_COPY } from '../src/replication/copy-job.ts';
 import { SYNC_BATCH_BYTES } from '../src/services/incoming-copy-service.ts';
-import { assertRestoredIdentical, httpDiskReader, MiB } from './helpers/copy-fixtures.ts';
+import { assertRestoredIdentical, httpDiskReader, MiB, sha } from './helpers/copy-fixtures.ts';
 import { copyTo, durableChunks, freshChunks, snapshotOf } from './helpers/e2e-copy.ts';
 import { startFaultProxy, type ChunkUpload, type FaultProxy } from './helpers/fault-proxy.ts';
 import { metric } from './helpers/metrics.ts';
@@ -83,6 +83,43 @@ test('bytes damaged in transit are caught by the destination and exactly those a
   assert.equal(new Set(ok(uploads).map((u) => u.chunkId)).size, distinct.size);
   assert.equal(await metric(bj.urls.bj!, 'snapferry_replication_chunks_resent_total', { destination: 'hkg' }) - resentBefore, 3);
   await assertCopyRestores(copyId, chunks);
+});
+
+test('a chunk damaged in the source\'s store is sent once, refused, never resent, and the copy fails as damaged', async () => {
+  // The first send of a chunk takes its stored bytes without re-hashing them (the destination's hash
+  // is the check); the resend after a refusal reads it verified, finds the damage and fails the copy
+  // for good, instead of sending bad bytes again and again or retrying for a day.
+  const { chunks } = freshChunks(8, 0, randomBytes);
+  const snapshotId = await snapshotOf(bj.urls.bj!, tenant, chunks, 'damaged-at-source');
+  const victimId = sha(chunks[3]!);
+  const victim = join(bj.dataDir, 'bj', 'chunks', victimId.slice(0, 2), victimId);
+  const fh = await open(victim, 'r+');
+  try {
+    const byte = Buffer.alloc(1);
+    await fh.read(byte, 0, 1, 4096);
+    byte[0]! ^= 0x01;
+    await fh.write(byte, 0, 1, 4096);
+  } finally {
+    await fh.close();
+  }
+  proxy.resetCounts();
+  const copyId = await copyTo(bj.urls.bj!, tenant, snapshotId, 'hkg');
+  const failed = await until(async () => {
+    const s = (await send(hkgSdk(), 'GET', `/v2/snapshot/${copyId}`)).snapshot;
+    return s.status === 'Creating' ? null : s;
+  }, 60_000, 'the copy to end');
+  assert.equal(failed.status, 'CreatedFailed');
+  const ofVictim = proxy.uploads().filter((u) => u.chunkId === victimId);
+  // Once (the unverified first send) or never (had the source checked first); refused either way.
+  assert.ok(ofVictim.length <= 1 && ofVictim.every((u) => u.status === 400), `the damaged chunk went out at most once and was refused: ${JSON.stringify(ofVictim)}`);
+  assert.ok(proxy.uploads().every((u) => u.chunkId === victimId || u.status === 200), 'every other chunk arrived');
+  assert.equal(await durableChunks(hkg.dataDir, 'hkg', [victimId]), 0, 'nothing of the damaged chunk is kept');
+  const source = await until(async () => {
+    const c = (await send(bjSdk(), 'GET', `/v2/snapshot/remote_copy/${snapshotId}`)).copies[0];
+    return c.state === 'failed' ? c : null;
+  }, 30_000, 'the source to record the failure');
+  assert.equal(source.attempts, 1, 'failed for good at once, not retried');
+  assert.match(String(source.lastError), /damage|integrity|hash/i, `the source says why: ${source.lastError}`);
 });
 
 test('a snapshot cannot be deleted while a copy reads it; copies beyond the cap wait in order with progress 0', async () => {

@@ -2,14 +2,16 @@
  * Region-to-region endpoints under /internal/v1. They accept only the regions' service credential
  * (`snapferry-region-<name>` signed with the shared region secret): a tenant's keys are unknown
  * here and answer InvalidAccessKeyId. Also the operator's admin calls (scrub, gc, check), with the same
- * credential. A request with a body must carry a signed `x-bce-content-sha256` (MissingDigest).
+ * credential. A request with a body must carry a signed `x-bce-content-sha256` (MissingDigest), and
+ * nothing of a body that does not match it is applied (BadDigest).
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ApiError } from '../domain/errors.ts';
 import { MAX_DISK_GB } from '../domain/volume.ts';
-import type { IncomingCopyService } from '../services/incoming-copy-service.ts';
+import type { BodyLease, IncomingCopyService } from '../services/incoming-copy-service.ts';
 import { authenticate, type CredentialDirectory } from './authenticate.ts';
-import { CONTENT_SHA256_HEADER, hasBody } from './body-guard.ts';
+import type { Readable } from 'node:stream';
+import { CONTENT_SHA256_HEADER, hasBody, parseBodyDigests } from './body-guard.ts';
 import { MAX_JSON_BODY, readJsonBody, reqString } from './json-input.ts';
 import { bodyStream, readWholeBody } from './route-kit.ts';
 
@@ -49,28 +51,74 @@ async function readRaw(req: FastifyRequest, limit: number): Promise<Buffer> {
   return Buffer.concat(parts, size);
 }
 
+/** SHA-256 of no bytes: the digest of a request without a body. */
+const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
+
+/**
+ * A chunk upload's body, read as it is (bounded, not yet verified) into one buffer lent by the
+ * incoming-copy service (reused between uploads): the service (`receiveChunk`) checks it against its
+ * signed SHA-256 before acting on it, with the hash that also verifies the chunk, off the event loop.
+ * Declared digests other than the SHA-256 (a Content-MD5) are checked here by the generic guard
+ * instead, as on every other route. The caller releases the lease once `receiveChunk` has settled.
+ */
+async function readChunkBody(req: FastifyRequest, limit: number, lease: (length: number) => BodyLease): Promise<{ body: BodyLease; sha256: string }> {
+  const digests = parseBodyDigests(req.headers); // InvalidDigest on a malformed header, before any byte is read
+  const sha256 = digests.sha256?.toString('hex') ?? EMPTY_SHA256;
+  if (digests.md5 !== null) return { body: { buffer: await readRaw(req, limit), release: () => undefined }, sha256 };
+  const declared = Number(req.headers['content-length']);
+  if (Number.isFinite(declared) && declared > limit) throw new ApiError('EntityTooLarge', `The body has ${declared} bytes; at most ${limit} are accepted here.`);
+  const source = ((req.body as Readable | undefined) ?? req.raw) as Readable;
+  if (!Number.isSafeInteger(declared) || declared < 0) return { body: { buffer: await readRaw(req, limit), release: () => undefined }, sha256 };
+  // One buffer of the declared length, filled as the socket delivers: no concatenation afterwards.
+  const body = lease(declared);
+  let size = 0;
+  try {
+    for await (const chunk of source.iterator({ destroyOnReturn: false })) {
+      const part = chunk as Buffer;
+      if (size + part.length > declared) throw new ApiError('BadRequest', 'The body is longer than its Content-Length.');
+      if (part.length === 0) continue;
+      // `fill` with a buffer of exactly the range's length is one memcpy; `copy` into shared memory
+      // goes through V8's byte-wise relaxed-atomic copy (measured: 7-10 % of the event loop in a copy).
+      body.buffer.fill(part, size, size + part.length);
+      size += part.length;
+    }
+  } catch (e) {
+    body.release();
+    throw e;
+  }
+  if (size !== declared) {
+    body.release();
+    throw new ApiError('BadRequest', `The body ended after ${size} of its ${declared} bytes.`);
+  }
+  return { body, sha256 };
+}
+
 const SNAPSHOT_ID = /^s-[A-Za-z0-9]{1,64}$/;
 
 export function internalRoutes(deps: InternalRouteDeps) {
   return (app: FastifyInstance): void => {
-    const route = (method: 'GET' | 'PUT' | 'POST', url: string, handler: (req: FastifyRequest, params: Record<string, string>) => Promise<unknown>, bodyLimit = MAX_JSON_BODY): void => {
+    /**
+     * `ownBody`: the handler reads the body itself and verifies it against its signed SHA-256
+     * before acting on it (the chunk upload); every other route's body is read and verified whole
+     * before its handler runs (route-kit.ts).
+     */
+    const route = (method: 'GET' | 'PUT' | 'POST', url: string, handler: (req: FastifyRequest, params: Record<string, string>) => Promise<unknown>, bodyLimit = MAX_JSON_BODY, ownBody = false): void => {
       app.route({
         method,
         url,
         bodyLimit,
         handler: async (req, reply) => {
           const who = authenticate({ method: req.method, rawUrl: req.raw.url ?? req.url, headers: req.headers }, deps.services, deps.now());
-          // Every body between regions carries its signed SHA-256, and is read and verified whole
-          // before the handler acts on it (route-kit.ts).
+          // Every body between regions carries its signed SHA-256.
           if (hasBody(req.headers) && (!req.headers[CONTENT_SHA256_HEADER] || !who.signedHeaders.includes(CONTENT_SHA256_HEADER))) {
             throw new ApiError('MissingDigest', `A ${req.method} with a body to /internal/v1 must carry a signed ${CONTENT_SHA256_HEADER} header.`);
           }
-          await readWholeBody(req);
+          if (!ownBody) await readWholeBody(req);
           const params = req.params as Record<string, string>;
           if (params.id !== undefined && !SNAPSHOT_ID.test(params.id)) throw new ApiError('BadRequest', `${JSON.stringify(params.id)} is not a snapshot id.`);
           const result = await handler(req, params);
-          // Drain an unread body so keep-alive connections stay usable.
-          bodyStream(req).resume();
+          // Drain an unread body so keep-alive connections stay usable (an own-body handler read it all).
+          if (!ownBody) bodyStream(req).resume();
           return reply.code(200).header('content-type', 'application/json; charset=utf-8').send(JSON.stringify(result ?? {}));
         },
       });
@@ -108,10 +156,15 @@ export function internalRoutes(deps: InternalRouteDeps) {
     });
     const chunkBodyLimit = deps.chunkSize + (deps.chunkSize >> 4) + 4096;
     route('PUT', '/internal/v1/snapshots/:id/chunks/:chunkId', async (req, p) => {
-      const body = await readRaw(req, chunkBodyLimit);
+      const { body, sha256 } = await readChunkBody(req, chunkBodyLimit, (n) => deps.incoming.leaseBodyBuffer(n));
       const encoding = String(req.headers[deps.chunkEncodingHeader] ?? 'raw');
-      await deps.incoming.receiveChunk(p.id!, p.chunkId!, body, encoding);
-    }, chunkBodyLimit);
+      try {
+        // Verified against `sha256` there before anything of it is kept (BadDigest otherwise).
+        await deps.incoming.receiveChunk(p.id!, p.chunkId!, body.buffer, encoding, sha256);
+      } finally {
+        body.release();
+      }
+    }, chunkBodyLimit, true);
     route('PUT', '/internal/v1/snapshots/:id/progress', async (req, p) => {
       const json = await readJsonBody(bodyStream(req), true);
       if (typeof json.progress !== 'number' || !Number.isFinite(json.progress)) throw new ApiError('InappropriateJSON', 'progress must be a number.');

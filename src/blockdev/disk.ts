@@ -31,6 +31,14 @@ export interface Capture {
   readonly generation: number;
   /** Reads frozen chunk `index` unless a write already preserved it through the sink (then null). */
   readChunk(index: number): Promise<Buffer | null>;
+  /**
+   * Reads the frozen chunks [first, first + count) into `into` (chunk `first + k` at
+   * `k * chunkSize`) with one read per run of allocated chunks, so a capture reads several MiB at
+   * once, past the page cache when `into`'s memory is page-aligned (SegmentedImage.readDirect). Answers, per chunk, a view of its bytes in `into`, or null where a write already preserved
+   * it through the sink (its bytes in `into` are then meaningless). Each chunk counts as read exactly
+   * as through `readChunk`: its lock is held for the read, and it leaves the copy-on-write set.
+   */
+  readChunks(first: number, count: number, into: Buffer): Promise<Array<Buffer | null>>;
   /** Stops copy-on-write (after the snapshot is durable or abandoned). Idempotent. */
   end(): void;
 }
@@ -221,6 +229,7 @@ export class Disk implements BlockTarget {
       generation: frozen.generation,
       readChunk: (index) =>
         this.locks.run([index], async () => (this.capture?.pending.delete(index) ? this.readChunkBytes(index) : null)),
+      readChunks: (first, count, into) => this.readFrozenRun(first, count, into),
       end: () => {
         if (ended) return;
         ended = true;
@@ -236,6 +245,39 @@ export class Disk implements BlockTarget {
     const buf = Buffer.allocUnsafe(length);
     await this.readFileInto(buf, 0, length, index * this.chunkSize);
     return buf;
+  }
+
+  /** See `Capture.readChunks`. */
+  private async readFrozenRun(first: number, count: number, into: Buffer): Promise<Array<Buffer | null>> {
+    if (!Number.isSafeInteger(first) || !Number.isSafeInteger(count) || count < 1 || first < 0 || first + count > this.chunkCount) {
+      throw new RangeError(`chunks ${first}+${count} are outside the disk (${this.chunkCount} chunks)`);
+    }
+    const end = first + count;
+    const bytes = (end - 1 - first) * this.chunkSize + this.chunkLength(end - 1);
+    if (into.length < bytes) throw new RangeError(`a buffer of ${into.length} bytes cannot hold chunks ${first}+${count}`);
+    return this.locks.run(span(first, end - 1), async () => {
+      const taken: boolean[] = [];
+      for (let i = first; i < end; i++) taken.push(this.capture?.pending.delete(i) ?? false);
+      // Runs of taken, allocated chunks: one read each. Taken chunks that are not allocated read as zeros.
+      let i = first;
+      while (i < end) {
+        if (!taken[i - first]) {
+          i++;
+          continue;
+        }
+        const at = (i - first) * this.chunkSize;
+        if (!this.map.isAllocated(i)) {
+          into.fill(0, at, at + this.chunkLength(i));
+          i++;
+          continue;
+        }
+        let j = i + 1;
+        while (j < end && taken[j - first] && this.map.isAllocated(j)) j++;
+        await this.readFileInto(into, at, (j - 1 - i) * this.chunkSize + this.chunkLength(j - 1), i * this.chunkSize, true);
+        i = j;
+      }
+      return taken.map((t, k) => (t ? into.subarray(k * this.chunkSize, k * this.chunkSize + this.chunkLength(first + k)) : null));
+    });
   }
 
   /** Writes a whole chunk during a restore: no copy-on-write, no generation (the caller resets the map after). */
@@ -293,9 +335,11 @@ export class Disk implements BlockTarget {
     }
   }
 
-  private async readFileInto(buf: Buffer, at: number, length: number, position: number): Promise<void> {
+  /** `direct`: past the page cache where possible (SegmentedImage.readDirect), for data read once. */
+  private async readFileInto(buf: Buffer, at: number, length: number, position: number, direct = false): Promise<void> {
     try {
-      await this.image.read(buf, at, length, position);
+      if (direct) await this.image.readDirect(buf, at, length, position);
+      else await this.image.read(buf, at, length, position);
     } catch (e) {
       throw new BlockIoError(`read failed: ${(e as Error).message}`);
     }

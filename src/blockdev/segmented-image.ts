@@ -35,6 +35,15 @@ export const LAYOUT_VERSION = 2;
 const LAYOUT_FORMAT = 'snapferry-disk-layout';
 const LAYOUT_FILE = 'layout.json';
 const LEGACY_KEY = -1;
+/** O_DIRECT where the platform has it (Linux), else 0: readDirect then reads through the page cache. */
+const DIRECT_FLAG: number = (constants as Record<string, number>).O_DIRECT ?? 0;
+/** The alignment readDirect asks of offsets and lengths (4 KiB: every common device block size divides it). */
+const DIRECT_ALIGN = 4096;
+
+function isAligned(at: number, length: number, position: number): boolean {
+  return at % DIRECT_ALIGN === 0 && length % DIRECT_ALIGN === 0 && position % DIRECT_ALIGN === 0;
+}
+
 /** Open segment handles kept per disk (least recently used ones are closed beyond this). */
 export const DEFAULT_MAX_OPEN_SEGMENTS = 64;
 
@@ -124,6 +133,8 @@ export class SegmentedImage {
   private readonly slots = new Map<number, Slot>();
   private readonly evictions = new Set<Promise<void>>();
   private dirCreatedSinceFlush = false;
+  /** False once the file system refused O_DIRECT (readDirect then reads through the page cache). */
+  private directReads = DIRECT_FLAG !== 0;
   /** A failure of a background eviction's fdatasync, reported by the next flush. */
   private evictionFailure: Error | null = null;
 
@@ -172,6 +183,59 @@ export class SegmentedImage {
           done += bytesRead;
         }
       });
+    }
+  }
+
+  /**
+   * Reads like `read`, but past the page cache (O_DIRECT) where the kernel allows it: for a snapshot
+   * capture, which reads each chunk once. Measured on the dev VM (3 GiB of data in a 4 GiB file, 3
+   * reads of 4 MiB in flight): 0.4 s of system CPU where buffered reads took 2.7-5.4 s (the copy out
+   * of the page cache), and faster under load; nor does a capture evict the page cache for data
+   * read once. Coherent with buffered writes (the kernel writes a range's dirty pages back before it
+   * reads the range directly); a caller must still keep writes off the range during the read (a
+   * capture holds the chunks' locks).
+   *
+   * O_DIRECT needs `buf`'s memory, `at`, `length` and `position` aligned to the device's block size
+   * (memory of a WebAssembly.Memory is page-aligned); what the kernel refuses (EINVAL: an unaligned
+   * buffer, a file system without O_DIRECT), and whatever follows a short read (a file's end), is
+   * read through the page cache instead, so the answer is always the same as `read`'s.
+   */
+  async readDirect(buf: Buffer, at: number, length: number, position: number): Promise<void> {
+    if (!this.directReads || !isAligned(at, length, position)) return this.read(buf, at, length, position);
+    for (const p of this.pieces(position, length)) {
+      const done = await this.readPieceDirect(p.key, buf, at + p.offset, p.length, p.filePosition);
+      if (done < p.length) await this.read(buf, at + p.offset + done, p.length - done, position + p.offset + done);
+    }
+  }
+
+  /** Bytes of one piece read directly (from 0: the rest, if any, is for the buffered path). */
+  private async readPieceDirect(key: number, buf: Buffer, at: number, length: number, filePosition: number): Promise<number> {
+    const path = key === LEGACY_KEY ? this.legacyPath! : join(this.segmentDir, segmentName(key));
+    let fh: FileHandle;
+    try {
+      fh = await open(path, constants.O_RDONLY | DIRECT_FLAG);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EINVAL') this.directReads = false; // no O_DIRECT here: never try again
+      if (code === 'EINVAL' || code === 'ENOENT') return 0; // the buffered path decides (a missing segment reads as zeros)
+      throw e;
+    }
+    try {
+      let done = 0;
+      while (done < length) {
+        let bytesRead: number;
+        try {
+          ({ bytesRead } = await fh.read(buf, at + done, length - done, filePosition + done));
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code === 'EINVAL') return done; // e.g. the buffer's memory is not aligned
+          throw e;
+        }
+        done += bytesRead;
+        if (bytesRead === 0 || !isAligned(0, done, 0)) return done; // a file's end
+      }
+      return done;
+    } finally {
+      await fh.close();
     }
   }
 

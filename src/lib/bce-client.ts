@@ -20,6 +20,12 @@ export interface BceRequest {
   json?: unknown;
   body?: Buffer | Readable;
   contentLength?: number;
+  /**
+   * The body's SHA-256 (lower-case hex) when the caller already knows it (a chunk's id is the hash
+   * of its bytes): sent as x-bce-content-sha256 instead of hashing the body again. A wrong value
+   * makes the server refuse the body (BadDigest), never accept other bytes.
+   */
+  contentSha256?: string;
   headers?: Record<string, string>;
   signal?: AbortSignal;
 }
@@ -78,7 +84,7 @@ export class BceClient {
       ...(req.json !== undefined ? { 'content-type': 'application/json; charset=utf-8' } : {}),
       ...(body instanceof Buffer ? { 'content-length': String(body.length) } : req.contentLength !== undefined ? { 'content-length': String(req.contentLength) } : {}),
       ...((this.options.contentSha256 ?? true) && (body instanceof Buffer || (body === undefined && (req.method === 'PUT' || req.method === 'POST')))
-        ? { [CONTENT_SHA256_HEADER]: createHash('sha256').update(body ?? Buffer.alloc(0)).digest('hex') }
+        ? { [CONTENT_SHA256_HEADER]: req.contentSha256 ?? createHash('sha256').update(body ?? Buffer.alloc(0)).digest('hex') }
         : {}),
       ...req.headers,
     };

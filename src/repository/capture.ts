@@ -4,7 +4,9 @@
  * the base's ids. Writes that race the capture are handled by the disk's copy-on-write: the old bytes
  * arrive through the sink and are stored exactly as if the capture had read them.
  *
- * Durable progress: chunks become durable in bounded batches (CAPTURE_SYNC_BYTES), and after every
+ * Durable progress: chunks become durable in bounded batches (a sync of the capture's writer starts
+ * at every CAPTURE_SYNC_BYTES stored and runs while the next batch is read; that batch waits for it
+ * before its own sync starts, so at most two batches are ever not yet durable), and after every
  * CHECKPOINT_MIN_BYTES read (more for a large manifest: a checkpoint encodes the whole manifest so
  * far, and its cost must stay a small fraction of the reading it saves) the manifest so far is stored
  * with the index below which every chunk is captured. An attempt cut short by a crash resumes from
@@ -16,7 +18,6 @@
  * stored gets a fresh last-used time through its writer's put.
  */
 import type { Disk } from '../blockdev/disk.ts';
-import { mapLimit } from '../lib/map-limit.ts';
 import type { ChunkRepository } from './chunk-repository.ts';
 import { Manifest } from './manifest.ts';
 
@@ -53,11 +54,26 @@ export interface CaptureOptions {
   onStep?: (step: CaptureStep) => Promise<void> | void;
 }
 
-/** How many chunks are read and hashed at once: enough to keep the hash pool and the disk busy. */
-const CAPTURE_PARALLELISM = 8;
-/** Chunks handled between two looks at the batch and checkpoint bounds; also the checkpoint grain. */
-const WINDOW_CHUNKS = 256;
-/** Unsynced chunk bytes that trigger a sync of the capture's writer. */
+/**
+ * The pipeline (measured on the 2-core dev VM, docs/benchmarks.md "Where a full snapshot's time
+ * goes"): reads of up to READ_CHUNKS consecutive changed chunks each (one syscall for 4 MiB where
+ * there were four), READS_IN_FLIGHT of them at once (one read at a time leaves the virtual disk at a
+ * fraction of what it delivers with a queue: 233 MiB/s against ~1100 MiB/s with 4 x 4 MiB), past
+ * the page cache (Disk's readChunks: a capture reads each chunk once, and the copy out of the page
+ * cache was the largest system-CPU cost), into shared, page-aligned memory that the hash pool's
+ * workers hash in place (no copy into the pool's slots). Each chunk of a read is zero-tested, hashed
+ * and put as soon as the read lands; its buffer goes back to the pool once every chunk of it is
+ * stored. The batch syncs and checkpoints run behind the reading instead of stopping it
+ * (`Pipeline.durably`). Memory: READ_BUFFERS x READ_CHUNKS chunks (32 MiB at 1 MiB chunks) per
+ * capture, plus at most PRESERVE_BUDGET of copy-on-write bytes waiting to be stored.
+ */
+const READ_CHUNKS = 4;
+const READS_IN_FLIGHT = 3;
+/** Read buffers: the reads in flight plus those whose chunks are still being hashed and written. */
+const READ_BUFFERS = 8;
+/** Preserved (copy-on-write) bytes that may wait to be stored before a write waits for its own. */
+const PRESERVE_BUDGET = 32 << 20;
+/** Unsynced chunk bytes that start a sync of the capture's writer (at most two batches are unsynced). */
 export const CAPTURE_SYNC_BYTES = 64 << 20;
 /** Bytes read between checkpoints, at least; and at least 8x the manifest's encoded size. */
 export const CHECKPOINT_MIN_BYTES = 256 << 20;
@@ -75,51 +91,234 @@ export async function captureDisk(repo: ChunkRepository, disk: Disk, base: DiskB
     manifest.set(index, await repo.storeChunk(bytes, writer));
     await onStep?.('chunk-stored');
   };
-  const capture = await disk.beginCapture(base.generation, { preserve: take });
+  const pipeline = new Pipeline(disk.chunkSize);
+  // Copy-on-write: the bytes a write is about to overwrite arrive in a buffer of their own; the
+  // write waits only until they are handed over, and they are stored behind it, unless
+  // PRESERVE_BUDGET bytes already wait to be stored (then the write waits for its chunk's store, so
+  // a guest rewriting the whole disk during a capture cannot fill the memory).
+  const preserved = new Map<number, Promise<void>>();
+  let preservingBytes = 0;
+  const preserve = async (index: number, bytes: Buffer): Promise<void> => {
+    preservingBytes += bytes.length;
+    const stored = pipeline.background(take(index, bytes).finally(() => (preservingBytes -= bytes.length)));
+    preserved.set(index, stored);
+    void stored.then(() => {
+      if (preserved.get(index) === stored) preserved.delete(index); // only those in flight: no entry per chunk
+    });
+    if (preservingBytes > PRESERVE_BUDGET) await stored;
+  };
+  const capture = await disk.beginCapture(base.generation, { preserve });
   try {
     await onStep?.('frozen');
     const total = capture.changed.size;
     let done = 0;
     let readAtCheckpoint = 0;
-    let window: number[] = [];
-    const flushWindow = async (): Promise<void> => {
-      await mapLimit(window, CAPTURE_PARALLELISM, async (index) => {
+    const progress = (n: number): void => {
+      for (let k = 0; k < n; k++) options.onProgress?.(++done, total);
+    };
+    const readRun = async (first: number, count: number): Promise<void> => {
+      const buffer = await pipeline.buffer();
+      try {
         signal?.throwIfAborted();
-        const bytes = await capture.readChunk(index);
-        if (bytes) await take(index, bytes);
-        options.onProgress?.(++done, total);
-      });
-      const reached = window[window.length - 1]! + 1;
-      window = [];
+        const chunks = await capture.readChunks(first, count, buffer);
+        // allSettled: the buffer is reused only once no chunk of it is still being hashed or written.
+        const outcomes = await Promise.allSettled(chunks.map(async (bytes, k) => {
+          if (bytes) await take(first + k, bytes);
+          else await preserved.get(first + k); // preserved by a write: done once stored
+        }));
+        for (const o of outcomes) if (o.status === 'rejected') throw o.reason;
+        progress(count);
+      } finally {
+        pipeline.release(buffer);
+      }
+    };
+    const afterRun = async (): Promise<void> => {
       if (writer.unsyncedBytes >= CAPTURE_SYNC_BYTES) {
-        await writer.sync();
-        await onStep?.('batch-synced');
+        // Started now, it covers every chunk stored so far; the next batch fills while it runs and
+        // waits for it (so at most two batches are unsynced).
+        await pipeline.durably(async () => {
+          await writer.sync();
+          await onStep?.('batch-synced');
+        }, { wait: 'previous' });
       }
       const due = Math.max(CHECKPOINT_MIN_BYTES, 8 * 32 * manifest.nonZeroCount);
       if (options.checkpoint && bytesRead - readAtCheckpoint >= due) {
-        // Chunks below `reached` are all captured (windows run in index order); their bytes are
-        // synced by commitManifest before the partial manifest is stored.
-        await options.checkpoint({ manifestId: await repo.commitManifest(manifest, writer), doneBelow: reached });
         readAtCheckpoint = bytesRead;
-        await onStep?.('checkpointed');
+        // Every chunk below `reached` is captured, and every id in `manifest` now was stored by a put
+        // that resolved before this instant; commitManifest syncs the writer (after the batch syncs
+        // queued before it) before the copy is stored, so the checkpoint names only durable chunks.
+        const reached = pipeline.doneBelow();
+        const snapshot = manifest.clone();
+        await pipeline.durably(async () => {
+          await options.checkpoint!({ manifestId: await repo.commitManifest(snapshot, writer), doneBelow: reached });
+          await onStep?.('checkpointed');
+        }, { wait: 'none' });
       }
+    };
+    let run: { first: number; count: number } | null = null;
+    const issue = async (): Promise<void> => {
+      const { first, count } = run!;
+      run = null;
+      await pipeline.issue(first, count, READS_IN_FLIGHT, () => readRun(first, count));
+      await afterRun();
     };
     for (const index of capture.changed) {
       if (index < doneBelow) {
         // Captured by the attempt that wrote the checkpoint: its id is in the checkpoint manifest.
         // (A write to it now still hands its old bytes over: the same bytes, since the caller checked
         // that the disk was not written after the freeze.)
-        options.onProgress?.(++done, total);
+        progress(1);
         continue;
       }
-      window.push(index);
-      if (window.length === WINDOW_CHUNKS) await flushWindow();
+      if (run && (index !== run.first + run.count || run.count === READ_CHUNKS)) await issue();
+      if (run) run.count++;
+      else run = { first: index, count: 1 };
     }
-    if (window.length > 0) await flushWindow();
+    if (run) await issue();
+    // Every changed chunk is now read, or preserved by a write: wait until all of them are stored,
+    // then for the durability work queued above (batch syncs, checkpoints), then sync the rest of
+    // the chunks and store the manifest.
+    await pipeline.drain();
+    await pipeline.durably(async () => undefined, { wait: 'all' });
     const manifestId = await repo.commitManifest(manifest, writer);
     await onStep?.('manifest-stored');
     return { manifestId, manifest, generation: capture.generation, chunksRead: total, bytesRead };
   } finally {
+    // Nothing may still read into a buffer or store a chunk after the capture ends.
+    await pipeline.settle();
     capture.end();
+  }
+}
+
+/**
+ * The capture's moving parts: the pool of read buffers, the runs in flight (in index order, for the
+ * index below which everything is captured), and one chain of durability work (batch syncs and
+ * checkpoints run one after another, behind the reading). The first failure anywhere stops new
+ * work and is thrown by the next call into the pipeline.
+ */
+class Pipeline {
+  private readonly free: Buffer[] = [];
+  private readonly waiting: Array<(b: Buffer) => void> = [];
+  private allocated = 0;
+  private memory: Buffer | null = null;
+  /** Runs issued and not finished, oldest first. */
+  private readonly runs: Array<{ first: number; done: boolean }> = [];
+  private readonly inFlight = new Set<Promise<void>>();
+  private readonly others = new Set<Promise<void>>();
+  private nextIndex = 0;
+  /** Durability work: each task starts after the one before it has settled (none ever rejects). */
+  private chain: Promise<void> = Promise.resolve();
+  private failure: { error: unknown } | null = null;
+
+  constructor(private readonly chunkSize: number) {}
+
+  /**
+   * A read buffer of READ_CHUNKS chunks: shared memory (the hash pool's workers hash it in place),
+   * page-aligned (the disk reads into it past the page cache: O_DIRECT needs aligned memory). All
+   * buffers are slices of one WebAssembly.Memory, whose memory is page-aligned and shared.
+   */
+  async buffer(): Promise<Buffer> {
+    const b = this.free.pop();
+    if (b) return b;
+    if (this.allocated < READ_BUFFERS) {
+      const size = READ_CHUNKS * this.chunkSize;
+      this.memory ??= alignedSharedMemory(READ_BUFFERS * size);
+      const at = this.allocated * size;
+      this.allocated++;
+      return this.memory.subarray(at, at + size);
+    }
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  release(b: Buffer): void {
+    const next = this.waiting.shift();
+    if (next) next(b);
+    else this.free.push(b);
+  }
+
+  /** Starts `fn` for the run at `first`, once fewer than `limit` runs are in flight. */
+  async issue(first: number, count: number, limit: number, fn: () => Promise<void>): Promise<void> {
+    this.check();
+    while (this.inFlight.size >= limit) {
+      await Promise.race(this.inFlight);
+      this.check();
+    }
+    const entry = { first, done: false };
+    this.runs.push(entry);
+    this.nextIndex = first + count;
+    const p: Promise<void> = fn()
+      .catch((error: unknown) => {
+        this.failure ??= { error };
+      })
+      .finally(() => {
+        entry.done = true;
+        while (this.runs.length > 0 && this.runs[0]!.done) this.runs.shift();
+        this.inFlight.delete(p);
+      });
+    this.inFlight.add(p);
+  }
+
+  /** Every changed chunk below this index is captured (its id is in the manifest). */
+  doneBelow(): number {
+    return this.runs.length > 0 ? this.runs[0]!.first : this.nextIndex;
+  }
+
+  /**
+   * Queues durability work after the work queued before it. `wait`: 'previous' returns once the
+   * task queued before this one has settled (backpressure: a batch waits for the batch before it),
+   * 'none' returns at once, 'all' once this task has settled.
+   */
+  async durably(task: () => Promise<void>, { wait }: { wait: 'previous' | 'none' | 'all' }): Promise<void> {
+    this.check();
+    const before = this.chain;
+    const mine = before.then(async () => {
+      if (this.failure) return;
+      try {
+        await task();
+      } catch (error) {
+        this.failure ??= { error };
+      }
+    });
+    this.chain = mine;
+    if (wait === 'previous') await before;
+    if (wait === 'all') await mine;
+    this.check();
+  }
+
+  /** Tracks work started outside the runs (chunks preserved by writes); the answer never rejects. */
+  background(work: Promise<void>): Promise<void> {
+    const p: Promise<void> = work
+      .catch((error: unknown) => {
+        this.failure ??= { error };
+      })
+      .finally(() => this.others.delete(p));
+    this.others.add(p);
+    return p;
+  }
+
+  /** Waits for the runs in flight and the background work. */
+  async drain(): Promise<void> {
+    while (this.inFlight.size + this.others.size > 0) await Promise.all([...this.inFlight, ...this.others]);
+    this.check();
+  }
+
+  /** Waits for everything started (runs, background and durability work), whatever happened. */
+  async settle(): Promise<void> {
+    while (this.inFlight.size + this.others.size > 0) await Promise.all([...this.inFlight, ...this.others]);
+    await this.chain;
+  }
+
+  private check(): void {
+    if (this.failure) throw this.failure.error;
+  }
+}
+
+/** `bytes` of shared, page-aligned memory (a WebAssembly.Memory; a plain SharedArrayBuffer, not aligned, where that fails). */
+function alignedSharedMemory(bytes: number): Buffer {
+  const pages = Math.ceil(bytes / 65536);
+  try {
+    return Buffer.from(new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true }).buffer, 0, bytes);
+  } catch {
+    return Buffer.from(new SharedArrayBuffer(bytes));
   }
 }

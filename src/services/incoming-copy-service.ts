@@ -38,6 +38,8 @@ export const SYNC_BATCH_BYTES = 32 << 20;
 export const SYNC_BATCH_AGE_MS = 250;
 /** The incoming snapshot's "heard from the source" time is written at most this often per copy. */
 const TOUCH_EVERY_MS = 1000;
+/** A chunk upload relies on a copy's Creating state checked at most this long ago. */
+const INCOMING_CHECK_MS = 250;
 /** Ids checked per presence query when commit walks the manifest. */
 const COMMIT_WALK_BATCH = 4096;
 /** Manifests assembled at once in this process (each holds its declared size twice for a moment). */
@@ -82,16 +84,86 @@ interface CopyBatch {
   inflight: number;
 }
 
+/** A buffer lent for one chunk upload's bytes; give it back once nothing reads it any more. */
+export interface BodyLease {
+  readonly buffer: Buffer;
+  release(): void;
+}
+
+/**
+ * Chunk-sized buffers, reused from one upload to the next. A fresh 1 MiB buffer per upload (and
+ * another per decompression) is cheap to allocate but not to collect: it lives across a hash and a
+ * file write, is promoted out of the young generation, and its memory is reported to V8 as external
+ * until a full collection frees it, which the next 64 MiB of such buffers force (measured: ~60 full
+ * collections per GiB received). Shared memory, so the hashing pool reads it in place (no copy into
+ * its slots; the route fills it with `fill`, not `copy`: see readChunkBody), page-aligned (a
+ * WebAssembly memory). At most `keep` free buffers are kept; beyond that a buffer is left to the
+ * collector.
+ */
+class BufferPool {
+  private readonly free: SharedArrayBuffer[] = [];
+
+  constructor(
+    readonly size: number,
+    private readonly keep: number,
+  ) {}
+
+  lease(length: number): BodyLease {
+    if (length > this.size) {
+      const buffer = Buffer.allocUnsafeSlow(length);
+      return { buffer, release: () => undefined };
+    }
+    const slab = this.free.pop() ?? alignedSharedMemory(this.size);
+    let held = true;
+    return {
+      buffer: Buffer.from(slab, 0, length),
+      release: () => {
+        if (!held) return;
+        held = false;
+        if (this.free.length < this.keep) this.free.push(slab);
+      },
+    };
+  }
+}
+
+/** `bytes` of page-aligned shared memory (a WebAssembly memory; a plain SharedArrayBuffer where that fails). */
+function alignedSharedMemory(bytes: number): SharedArrayBuffer {
+  const pages = Math.ceil(bytes / 65536);
+  try {
+    return new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true }).buffer as unknown as SharedArrayBuffer;
+  } catch {
+    return new SharedArrayBuffer(bytes);
+  }
+}
+
+/** Free chunk buffers kept for reuse (each region's service keeps its own: at most this many MiB of chunks). */
+const POOLED_BUFFERS = 48;
+
 export class IncomingCopyService {
   private readonly batches = new Map<string, CopyBatch>();
   private readonly lastTouch = new Map<string, number>();
+  /** When each copy was last seen Creating by a chunk upload (stillIncoming). */
+  private readonly checkedIncoming = new Map<string, number>();
   private assemblies = 0;
   private readonly assemblyWaiters: Array<() => void> = [];
+
+  private readonly buffers: BufferPool;
 
   constructor(
     private readonly region: Region,
     private readonly metrics: IncomingCopyMetrics | null = null,
-  ) {}
+  ) {
+    // A chunk, or a compressed chunk (which may be a little larger than the chunk).
+    this.buffers = new BufferPool(region.repo.chunkSize + (region.repo.chunkSize >> 4) + 4096, POOLED_BUFFERS);
+  }
+
+  /**
+   * A buffer of `length` bytes for a chunk upload's body (reused between uploads); release it once
+   * `receiveChunk` has settled, and not before (the store and the hashing pool read it until then).
+   */
+  leaseBodyBuffer(length: number): BodyLease {
+    return this.buffers.lease(length);
+  }
 
   async reserve(id: string, req: ReserveRequest): Promise<void> {
     const snapshot: Snapshot = {
@@ -182,17 +254,35 @@ export class IncomingCopyService {
     return ids.filter((c) => !present.has(c));
   }
 
-  /** Keeps a chunk only if its bytes hash to its id (after decompression); durable within one batch. */
-  async receiveChunk(id: string, chunkId: string, body: Buffer, encoding: string): Promise<void> {
+  /**
+   * Keeps a chunk only if its bytes hash to its id (after decompression); durable within one batch.
+   * `bodySha256` is the upload's signed x-bce-content-sha256, not yet checked: nothing of a body
+   * that does not hash to it is kept (BadDigest). One hash per chunk, on the hashing pool: a raw
+   * chunk's body digest is its id, so the store's own check of the id (`put`) is the body check too;
+   * any other body is hashed first and compared (a compressed one is small).
+   */
+  async receiveChunk(id: string, chunkId: string, body: Buffer, encoding: string, bodySha256: string): Promise<void> {
     if (!HEX_ID.test(chunkId)) throw new ApiError('BadRequest', 'A chunk id is 64 lower-case hex characters.');
-    let data = body;
-    if (encoding === 'zstd') {
-      data = decompressChunk(body, this.region.repo.chunkSize);
-    } else if (encoding !== 'raw') {
-      throw new ApiError('BadRequest', `Unknown chunk encoding ${JSON.stringify(encoding)}.`);
+    if (encoding !== 'raw' && encoding !== 'zstd') throw new ApiError('BadRequest', `Unknown chunk encoding ${JSON.stringify(encoding)}.`);
+    const digest = bodySha256.toLowerCase();
+    const digestIsId = encoding === 'raw' && digest === chunkId;
+    if (!digestIsId) {
+      const actual = await this.region.repo.hasher.hash(body);
+      if (actual !== digest) throw new ApiError('BadDigest', `The body (${body.length} bytes) does not hash to its x-bce-content-sha256; nothing of it was applied.`);
+      if (encoding === 'raw') throw new ApiError('ChunkDigestMismatch', `The chunk bytes hash to ${actual}, not ${chunkId}.`);
     }
-    if (data.length > this.region.repo.chunkSize) throw new ApiError('ChunkTooLarge', `The chunk has ${data.length} bytes; chunks here have at most ${this.region.repo.chunkSize}.`);
-    await this.incoming(id); // the state lives in the metadata store, checked on every upload
+    if (encoding === 'raw' && body.length > this.region.repo.chunkSize) throw new ApiError('ChunkTooLarge', `The chunk has ${body.length} bytes; chunks here have at most ${this.region.repo.chunkSize}.`);
+    const unpacked = encoding === 'zstd' ? decompressChunk(body, this.region.repo.chunkSize, (n) => this.buffers.lease(n)) : null;
+    try {
+      await this.keepChunk(id, chunkId, unpacked?.buffer ?? body, digestIsId, body.length);
+    } finally {
+      unpacked?.release();
+    }
+  }
+
+  /** Stores a chunk received for the copy `id` through the copy's writer, within its batch. */
+  private async keepChunk(id: string, chunkId: string, data: Buffer, digestIsId: boolean, bodyLength: number): Promise<void> {
+    await this.stillIncoming(id); // the state lives in the metadata store
     const batch = this.batchFor(id);
     batch.inflight++;
     try {
@@ -200,10 +290,13 @@ export class IncomingCopyService {
       while (batch.syncing && batch.syncingBytes + batch.writer.unsyncedBytes + data.length > SYNC_BATCH_BYTES) await batch.syncing;
       let stored: boolean;
       try {
-        // The store re-hashes on put and keeps nothing whose hash differs (one hash, not two).
+        // The store hashes on put and keeps nothing whose hash differs from the id.
         stored = await batch.writer.put(chunkId, data);
       } catch (e) {
-        if (e instanceof ChunkIntegrityError) throw new ApiError('ChunkDigestMismatch', `The chunk bytes hash to ${e.actual}, not ${chunkId}.`);
+        if (e instanceof ChunkIntegrityError) {
+          if (digestIsId) throw new ApiError('BadDigest', `The body (${bodyLength} bytes) does not hash to its x-bce-content-sha256; nothing of it was applied.`);
+          throw new ApiError('ChunkDigestMismatch', `The chunk bytes hash to ${e.actual}, not ${chunkId}.`);
+        }
         throw e;
       }
       this.metrics?.chunksReceived.inc(1, { result: stored ? 'stored' : 'present' });
@@ -220,8 +313,9 @@ export class IncomingCopyService {
 
   async progress(id: string, percent: number): Promise<void> {
     await this.region.meta.snapshots.update(id, { progress: Math.max(0, Math.min(99, Math.floor(percent))) }, ['Creating']);
-    await this.region.meta.snapshots.touch(id, Date.now());
-    this.lastTouch.set(id, Date.now());
+    // Each is a durable write on the event loop: the "heard from the source" time, like every
+    // call's, at most once a second (a progress report comes every 250 ms of a fast copy).
+    await this.touchSnapshot(id);
   }
 
   /**
@@ -250,6 +344,7 @@ export class IncomingCopyService {
     if (snap.status !== 'Creating') throw new ApiError('OperationDenied', `The copy ${id} is ${snap.status}.`);
     await this.touchSnapshot(id, true);
     if (!snap.manifestId) throw new ApiError('ManifestMissing', 'No manifest has been recorded for this copy; send it.');
+    this.checkedIncoming.delete(id);
     let manifest: Manifest;
     try {
       manifest = await this.region.repo.loadManifest(snap.manifestId);
@@ -283,6 +378,7 @@ export class IncomingCopyService {
   }
 
   async fail(id: string, reason: string): Promise<void> {
+    this.checkedIncoming.delete(id);
     await this.region.meta.snapshots.update(id, { status: 'CreatedFailed', lastError: reason }, ['Creating']);
     this.lastTouch.delete(id);
     // What arrived stays useful for dedup: synced like any batch, collected when nothing names it.
@@ -297,6 +393,20 @@ export class IncomingCopyService {
   }
 
   // --- internals ---
+
+  /**
+   * `incoming` for chunk uploads, which come hundreds a second: a copy found Creating is taken to be
+   * so for the next INCOMING_CHECK_MS (each check is a query on the event loop). A copy failed or
+   * committed here is forgotten at once; one failed by another process of the region (or silently
+   * deleted meanwhile) may take chunks for that long more, which are then simply garbage.
+   */
+  private async stillIncoming(id: string): Promise<void> {
+    const at = this.checkedIncoming.get(id);
+    if (at !== undefined && Date.now() - at < INCOMING_CHECK_MS) return;
+    await this.incoming(id);
+    if (this.checkedIncoming.size > 10_000) this.checkedIncoming.clear();
+    this.checkedIncoming.set(id, Date.now());
+  }
 
   private async incoming(id: string): Promise<Snapshot> {
     const snap = await this.region.meta.snapshots.getAny(id);
@@ -466,7 +576,7 @@ const dctx = new zstd.DCtx();
  * refused (ChunkTooLarge) without allocating more, bytes that do not decompress are damage in
  * transit (ChunkDigestMismatch: the source sends them again).
  */
-function decompressChunk(body: Buffer, max: number): Buffer {
+function decompressChunk(body: Buffer, max: number, lease: (length: number) => BodyLease): BodyLease {
   let declared: number | null;
   try {
     declared = zstd.getFrameContentSize(body);
@@ -474,13 +584,14 @@ function decompressChunk(body: Buffer, max: number): Buffer {
     throw new ApiError('ChunkDigestMismatch', 'The compressed chunk cannot be decompressed; it was damaged in transit.');
   }
   if (declared !== null && declared > max) throw new ApiError('ChunkTooLarge', `The chunk decompresses to ${declared} bytes; chunks here have at most ${max}.`);
-  const out = Buffer.allocUnsafe(declared ?? max);
+  const out = lease(declared ?? max);
   let n: number;
   try {
-    n = dctx.decompress(out, body);
+    n = dctx.decompress(out.buffer, body);
   } catch (e) {
+    out.release();
     if (/too small/i.test((e as Error).message)) throw new ApiError('ChunkTooLarge', `The chunk decompresses to more than ${max} bytes.`);
     throw new ApiError('ChunkDigestMismatch', 'The compressed chunk cannot be decompressed; it was damaged in transit.');
   }
-  return n === out.length ? out : out.subarray(0, n);
+  return n === out.buffer.length ? out : { buffer: out.buffer.subarray(0, n), release: () => out.release() };
 }

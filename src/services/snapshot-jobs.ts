@@ -24,6 +24,8 @@ import { withGcHold } from './gc-hold.ts';
 import type { Region } from './region-context.ts';
 
 export const SNAPSHOT_CREATE_JOB = 'snapshot.create';
+/** A snapshot's progress is saved at most this often (after its first percent). */
+const PROGRESS_INTERVAL_MS = 250;
 
 interface Payload {
   snapshotId: string;
@@ -66,15 +68,20 @@ export function snapshotCreateJob(region: Region): JobHandler {
           ? { manifest: await region.repo.loadManifest(earlier.checkpoint.manifestId), doneBelow: earlier.checkpoint.doneBelow }
           : undefined;
         let lastPercent = -1;
+        let lastAt = 0;
         const result = await captureDisk(region.repo, disk, base, {
           signal,
           resumeFrom,
           onProgress: (done, total) => {
             const percent = Math.floor((done * 99) / Math.max(1, total));
-            if (percent !== lastPercent) {
-              lastPercent = percent;
-              void region.meta.snapshots.update(snapshotId, { progress: percent }, ['Creating']);
-            }
+            if (percent === lastPercent) return;
+            // Each update is a durable write of the metadata store (an fsync, on the event loop for
+            // SQLite): the first percent above 0 at once, later ones at most every PROGRESS_INTERVAL_MS.
+            const now = Date.now();
+            if (lastPercent > 0 && now - lastAt < PROGRESS_INTERVAL_MS) return;
+            lastPercent = percent;
+            lastAt = now;
+            void region.meta.snapshots.update(snapshotId, { progress: percent }, ['Creating']);
           },
           checkpoint: (checkpoint) => control.saveProgress({ frozenAt, checkpoint } satisfies CaptureProgress),
           onStep: region.steps ? (step) => region.steps!(`capture:${step}`) : undefined,
