@@ -8,6 +8,7 @@ import { after, describe, it } from 'node:test';
 import { ChunkIntegrityError, ChunkNotFoundError } from '../src/chunkstore/chunk-store.ts';
 import { ChunksLostError } from '../src/chunkstore/chunk-store.ts';
 import { type FaultPoint, LocalDirChunkStore, type LocalDirStoreOptions } from '../src/chunkstore/local-dir-store.ts';
+import { alignedSharedMemory } from '../src/lib/aligned-memory.ts';
 import { Sha256Pool } from '../src/lib/sha256-pool.ts';
 import { blob, chunkStoreContract, sha256 } from './helpers/chunkstore-contract.ts';
 
@@ -407,6 +408,53 @@ describe('LocalDirChunkStore specifics', () => {
       }
     } finally {
       await fsp.rm(mnt, { recursive: true, force: true });
+    }
+  });
+
+  describe('direct I/O (page-aligned memory past the page cache)', () => {
+    const aligned = (bytes: Buffer): Buffer => {
+      const into = Buffer.from(alignedSharedMemory(bytes.length), 0, bytes.length);
+      bytes.copy(into);
+      return into;
+    };
+
+    for (const where of ['ext4 (the test temp dir)', 'tmpfs (/dev/shm: O_DIRECT may be refused)']) {
+      it(`puts aligned and unaligned bytes and reads them back into aligned and plain buffers, pending and synced, whole and short: ${where}`, async () => {
+        const root = where.startsWith('tmpfs') ? await fsp.mkdtemp('/dev/shm/snapferry-direct-') : await tempRoot();
+        try {
+          const store = await LocalDirChunkStore.open(root);
+          const full = blob(1 << 20);
+          const short = blob(1000); // not a whole block: the tail reads buffered
+          const odd = blob((1 << 20) - 512); // an unaligned length: written buffered
+          const plain = blob(64 << 10); // not known to be aligned: written buffered
+          await store.putHashed(full.id, aligned(full.data));
+          await store.putHashed(odd.id, aligned(Buffer.concat([odd.data, Buffer.alloc(512)])).subarray(0, odd.data.length));
+          await store.put(short.id, short.data);
+          await store.put(plain.id, plain.data);
+          const check = async (): Promise<void> => {
+            for (const b of [full, short, odd, plain]) {
+              const into = Buffer.from(alignedSharedMemory(1 << 20), 0, 1 << 20).fill(0xee);
+              const n = await store.readInto(b.id, into);
+              assert.equal(n, b.data.length);
+              assert.ok(into.subarray(0, n).equals(b.data), `bytes of a ${b.data.length}-byte blob read into aligned memory`);
+              const unaligned = Buffer.alloc((1 << 20) + 1).subarray(1);
+              assert.equal(await store.readInto(b.id, unaligned), b.data.length);
+              assert.ok(unaligned.subarray(0, b.data.length).equals(b.data), 'and into a plain buffer');
+              assert.deepEqual(await store.get(b.id), b.data);
+            }
+          };
+          await check(); // pending: read from the temp files
+          await store.sync();
+          await check(); // synced: from the final files
+          await assert.rejects(store.readInto(sha256(Buffer.from('nothing')), Buffer.alloc(4096)), ChunkNotFoundError);
+          await assert.rejects(store.readInto(full.id, Buffer.alloc(4096)), RangeError, 'a buffer too small is refused, not overrun');
+          // What is on disk survives a reopen (the durable files are whole).
+          const again = await LocalDirChunkStore.open(root);
+          for (const b of [full, short, odd, plain]) assert.deepEqual(await again.get(b.id), b.data);
+        } finally {
+          await fsp.rm(root, { recursive: true, force: true });
+        }
+      });
     }
   });
 });

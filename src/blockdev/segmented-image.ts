@@ -29,6 +29,7 @@
 import { constants } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { DIRECT_IO_ALIGN } from '../lib/aligned-memory.ts';
 
 export const SEGMENT_BYTES = 1 << 30;
 export const LAYOUT_VERSION = 2;
@@ -37,11 +38,9 @@ const LAYOUT_FILE = 'layout.json';
 const LEGACY_KEY = -1;
 /** O_DIRECT where the platform has it (Linux), else 0: readDirect then reads through the page cache. */
 const DIRECT_FLAG: number = (constants as Record<string, number>).O_DIRECT ?? 0;
-/** The alignment readDirect asks of offsets and lengths (4 KiB: every common device block size divides it). */
-const DIRECT_ALIGN = 4096;
 
 function isAligned(at: number, length: number, position: number): boolean {
-  return at % DIRECT_ALIGN === 0 && length % DIRECT_ALIGN === 0 && position % DIRECT_ALIGN === 0;
+  return at % DIRECT_IO_ALIGN === 0 && length % DIRECT_IO_ALIGN === 0 && position % DIRECT_IO_ALIGN === 0;
 }
 
 /** Open segment handles kept per disk (least recently used ones are closed beyond this). */

@@ -48,6 +48,13 @@ export interface ChunkStore {
    * local store has nothing of the kind (its open clears pending files).
    */
   sweepAbandoned?(cutoffMs: number): Promise<unknown>;
+  /**
+   * The stored bytes of `id` read into `into` (which must hold the blob), NOT verified; answers
+   * their length. Only for a caller whose bytes someone else verifies before anything relies on them
+   * (a copy's first send: the destination hashes what arrives). Optional: a store that cannot read
+   * into a caller's memory leaves it out, and such callers use `get`. Throws ChunkNotFoundError.
+   */
+  readInto?(id: string, into: Buffer): Promise<number>;
   writer(): ChunkWriter;
   sync(): Promise<void>;
 }

@@ -20,6 +20,7 @@ import { createRequire } from 'node:module';
 import { ChunkIntegrityError, ChunkNotFoundError, type ChunkStore } from '../chunkstore/chunk-store.ts';
 import type { JobControl, JobHandler, RetryPolicy } from '../jobs/job-runner.ts';
 import { PermanentJobError } from '../jobs/job-runner.ts';
+import { alignedSharedMemory } from '../lib/aligned-memory.ts';
 import { mapLimit } from '../lib/map-limit.ts';
 import type { JobRecord } from '../metadata/metadata-store.ts';
 import type { Manifest } from '../repository/manifest.ts';
@@ -240,9 +241,9 @@ function* copyBatches(manifest: Manifest, size: number): IterableIterator<Array<
 }
 
 /**
- * How the first send of a chunk reads it: the stored bytes as they are, not re-hashed. Into a
- * buffer of the copy's own pool when the store can (`readInto`), else into whatever buffer the store
- * allocates (`readUnverified`), else verified (`get`). A fresh chunk-sized buffer per chunk costs
+ * How the first send of a chunk reads it: the stored bytes as they are, not re-hashed, into a
+ * buffer of the copy's own pool, when the store can (`readInto`); else verified (`get`: the S3
+ * store, whose reads are network-bound anyway). A fresh chunk-sized buffer per chunk costs
  * more in garbage collection than the read itself: each is reported to V8 as external memory, and
  * every 64 MiB or so of them start a full collection (measured on the source side of a copy: 20-90
  * per GiB, 3-5 CPU seconds per GiB).
@@ -252,36 +253,31 @@ interface StoredReads {
   read(id: string): Promise<{ data: Buffer; release(): void }>;
 }
 
-type ReadInto = (id: string, buffer: Buffer) => Promise<number>;
-
 function storedReads(store: ChunkStore, chunkSize: number): StoredReads | null {
-  const into = (store as { readInto?: unknown }).readInto;
-  if (typeof into === 'function') {
-    const free: Buffer[] = [];
-    return {
-      async read(id) {
-        const buffer = free.pop() ?? Buffer.allocUnsafeSlow(chunkSize);
-        let n: number;
-        try {
-          n = await (into as ReadInto).call(store, id, buffer);
-        } catch (e) {
-          free.push(buffer);
-          throw e;
-        }
-        let held = true;
-        return {
-          data: buffer.subarray(0, n),
-          release: () => {
-            if (held && free.length < SENDS_PER_COPY * 2) free.push(buffer);
-            held = false;
-          },
-        };
-      },
-    };
-  }
-  const unverified = (store as { readUnverified?: unknown }).readUnverified;
-  if (typeof unverified === 'function') return { read: async (id) => ({ data: await (unverified as (id: string) => Promise<Buffer>).call(store, id), release: () => undefined }) };
-  return null;
+  if (!store.readInto) return null;
+  const readInto = store.readInto.bind(store);
+  // Page-aligned memory: the local store reads into it past the page cache (lib/aligned-memory.ts).
+  const free: Buffer[] = [];
+  return {
+    async read(id) {
+      const buffer = free.pop() ?? Buffer.from(alignedSharedMemory(chunkSize), 0, chunkSize);
+      let n: number;
+      try {
+        n = await readInto(id, buffer);
+      } catch (e) {
+        free.push(buffer);
+        throw e;
+      }
+      let held = true;
+      return {
+        data: buffer.subarray(0, n),
+        release: () => {
+          if (held && free.length < SENDS_PER_COPY * 2) free.push(buffer);
+          held = false;
+        },
+      };
+    },
+  };
 }
 
 /**

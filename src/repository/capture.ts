@@ -18,6 +18,7 @@
  * stored gets a fresh last-used time through its writer's put.
  */
 import type { Disk } from '../blockdev/disk.ts';
+import { alignedSharedMemory } from '../lib/aligned-memory.ts';
 import type { ChunkRepository } from './chunk-repository.ts';
 import { Manifest } from './manifest.ts';
 
@@ -222,7 +223,7 @@ class Pipeline {
     if (b) return b;
     if (this.allocated < READ_BUFFERS) {
       const size = READ_CHUNKS * this.chunkSize;
-      this.memory ??= alignedSharedMemory(READ_BUFFERS * size);
+      this.memory ??= Buffer.from(alignedSharedMemory(READ_BUFFERS * size), 0, READ_BUFFERS * size);
       const at = this.allocated * size;
       this.allocated++;
       return this.memory.subarray(at, at + size);
@@ -310,15 +311,5 @@ class Pipeline {
 
   private check(): void {
     if (this.failure) throw this.failure.error;
-  }
-}
-
-/** `bytes` of shared, page-aligned memory (a WebAssembly.Memory; a plain SharedArrayBuffer, not aligned, where that fails). */
-function alignedSharedMemory(bytes: number): Buffer {
-  const pages = Math.ceil(bytes / 65536);
-  try {
-    return Buffer.from(new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true }).buffer, 0, bytes);
-  } catch {
-    return Buffer.from(new SharedArrayBuffer(bytes));
   }
 }

@@ -23,6 +23,7 @@ import { createRequire } from 'node:module';
 import { ChunkIntegrityError, ChunkNotFoundError, ChunksLostError, type ChunkWriter } from '../chunkstore/chunk-store.ts';
 import { ApiError } from '../domain/errors.ts';
 import type { Snapshot } from '../domain/snapshot.ts';
+import { alignedSharedMemory } from '../lib/aligned-memory.ts';
 import type { Counter, MetricsRegistry } from '../lib/metrics.ts';
 import { Manifest } from '../repository/manifest.ts';
 import { MANIFEST_MAX_PARTS, MANIFEST_PART_MAX_BYTES, type ReserveRequest } from '../replication/peer-client.ts';
@@ -123,16 +124,6 @@ class BufferPool {
         if (this.free.length < this.keep) this.free.push(slab);
       },
     };
-  }
-}
-
-/** `bytes` of page-aligned shared memory (a WebAssembly memory; a plain SharedArrayBuffer where that fails). */
-function alignedSharedMemory(bytes: number): SharedArrayBuffer {
-  const pages = Math.ceil(bytes / 65536);
-  try {
-    return new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true }).buffer as unknown as SharedArrayBuffer;
-  } catch {
-    return new SharedArrayBuffer(bytes);
   }
 }
 
