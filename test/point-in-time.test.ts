@@ -25,10 +25,11 @@ const { newDisk, readData } = region;
 const status = (id: string): Promise<string> => region.volumeStatus(id);
 
 test('point in time: a snapshot under a fast stream of writes in random order holds exactly the writes before one instant, and that instant lies between the request and the capture', async () => {
-  // The first 256 MiB of the disk hold data, so the first snapshot must read 256 chunks: the capture
-  // takes long enough for hundreds of writes to land while it runs. The writes stay in that range.
+  // The first 512 MiB of the disk hold data, so the first snapshot must read 512 chunks: the capture
+  // takes long enough for hundreds of writes to land while it runs (256 MiB were once enough; a
+  // pipelined capture reads them in a fraction of a second). The writes stay in that range.
   const id = await newDisk();
-  const span = 256 * MiB;
+  const span = 512 * MiB;
   const blocks = span / BLOCK;
   const client = await NbdBlockClient.open(region.server.nbdPort, id);
   const order = permutation(blocks, 0x5eed);
