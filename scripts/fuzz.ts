@@ -5,8 +5,9 @@
  * the internal routes with the regions' and tenants' keys, mutated requests, raw garbage) against a
  * real region listening on loopback, with every property of the bounded run in `npm test`
  * (test/fuzz-http.test.ts) checked on every case and batch. NBD: the handshake fuzz of
- * test/nbd-handshake-fuzz.test.ts with N/10 cases per property (at least its own counts), run as
- * that test file with NBD_FUZZ_RUNS and NBD_FUZZ_SEED.
+ * test/nbd-handshake-fuzz.test.ts and the command fuzz of test/nbd-command-fuzz.test.ts, each with
+ * N/10 cases per property (at least 150), run as those test files with NBD_FUZZ_RUNS and the seed
+ * (NBD_FUZZ_SEED, NBD_CMD_FUZZ_SEED); the command fuzz prints what its cases reached.
  *
  * The seed defaults to the clock and is printed; a failure prints the case, the seed and the
  * fast-check path, and exits 1. `--seed S` replays a campaign (the server's own ids differ, so a
@@ -71,14 +72,21 @@ if (only !== 'nbd') {
 
 if (only !== 'http') {
   const nbdRuns = Math.max(150, Math.ceil(runs / 10));
-  process.stdout.write(`\nNBD handshake fuzz: ${nbdRuns} cases per property, seed ${seed}\n`);
-  const started = Date.now();
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=dot', 'test/nbd-handshake-fuzz.test.ts'], {
-    stdio: 'inherit',
-    env: { ...process.env, NBD_FUZZ_RUNS: String(nbdRuns), NBD_FUZZ_SEED: String(seed) },
-  });
-  process.stdout.write(`NBD: ${r.status === 0 ? 'passed' : 'FAILED'} in ${((Date.now() - started) / 1000).toFixed(0)} s (3 properties x ${nbdRuns} cases)\n`);
-  if (r.status !== 0) failed = true;
+  /** Runs one NBD fuzz file as a test file of its own, with the campaign's case count and seed. */
+  const runNbdFile = (title: string, file: string, properties: number, reporter: 'dot' | 'spec', env: Record<string, string>): void => {
+    process.stdout.write(`\nNBD ${title} fuzz: ${nbdRuns} cases per property, seed ${seed}\n`);
+    const started = Date.now();
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', `--test-reporter=${reporter}`, file], {
+      stdio: 'inherit',
+      env: { ...process.env, NBD_FUZZ_RUNS: String(nbdRuns), ...env },
+    });
+    process.stdout.write(`NBD ${title}: ${r.status === 0 ? 'passed' : 'FAILED'} in ${((Date.now() - started) / 1000).toFixed(0)} s (${properties} properties x ${nbdRuns} cases)\n`);
+    if (r.status !== 0) failed = true;
+  };
+  runNbdFile('handshake', 'test/nbd-handshake-fuzz.test.ts', 3, 'dot', { NBD_FUZZ_SEED: String(seed) });
+  // NBD_FUZZ_STATS: the command fuzz prints its counts per property (commands, replies by command and
+  // error, endings, peak RSS growth) on stderr, which the spec reporter shows and the dot one drops.
+  runNbdFile('command', 'test/nbd-command-fuzz.test.ts', 2, 'spec', { NBD_CMD_FUZZ_SEED: String(seed), NBD_FUZZ_STATS: '1' });
 }
 
 process.exit(failed ? 1 : 0);

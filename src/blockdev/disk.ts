@@ -113,22 +113,38 @@ export class Disk implements BlockTarget {
       // Fast path, the common case: no capture is running (none can start while we hold the gate)
       // and no chunk needs zero-filling, so nothing has to be ordered against this write. Writes to
       // the same chunk then run in parallel, as a block device's do.
-      if (!this.capture && !this.map.isTrimmed(first) && !this.map.isTrimmed(last)) {
+      if (!this.capture && !this.anyTrimmed(first, last)) {
         await this.map.recordWrite(first, last, 'data');
         await this.writeFile(data, offset);
         return;
       }
       await this.locks.run(span(first, last), async () => {
         await this.preserveFrozen(first, last);
-        // A trimmed chunk still holds old bytes in the file; zero what this write does not cover.
-        for (const i of new Set([first, last])) {
-          if (this.map.isTrimmed(i) && !this.covers(offset, data.length, i)) await this.writeFile(Buffer.alloc(this.chunkLength(i)), i * this.chunkSize);
+        // DISK-1: a trimmed chunk still holds its old bytes in the file (a trim writes nothing). The
+        // map must say "data" before this write's bytes land (changed-block tracking), so first the
+        // old bytes are overwritten with zeros and made durable: neither a read racing this write nor
+        // a crash before its bytes land can show them; the chunk reads as zeros (what it held) or as
+        // this write. Whole chunks too, not only the parts the write leaves: until the write lands,
+        // a covered part is as exposed as the rest (the command fuzz found it: a read pipelined
+        // behind a write over a trimmed chunk returned the bytes from before the trim).
+        let zeroed = false;
+        for (let i = first; i <= last; i++) {
+          if (!this.map.isTrimmed(i)) continue;
+          await this.writeFile(Buffer.alloc(this.chunkLength(i)), i * this.chunkSize);
+          zeroed = true;
         }
+        if (zeroed) await this.flush();
         await this.map.recordWrite(first, last, 'data');
         await this.writeFile(data, offset);
       });
     });
     if (fua) await this.flush();
+  }
+
+  /** Whether any chunk of [first, last] is trimmed (a write spans at most a few dozen chunks). */
+  private anyTrimmed(first: number, last: number): boolean {
+    for (let i = first; i <= last; i++) if (this.map.isTrimmed(i)) return true;
+    return false;
   }
 
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {

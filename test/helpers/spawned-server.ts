@@ -24,7 +24,10 @@ async function portFree(port: number): Promise<boolean> {
 /** A run of `n` consecutive free ports on 127.0.0.1. */
 export async function freePortRange(n: number): Promise<number> {
   for (let attempt = 0; attempt < 200; attempt++) {
-    const base = 20000 + Math.floor(Math.random() * 40000);
+    // Below Linux's ephemeral range (32768-60999 by default), so no outgoing connection of this
+    // machine takes the port between this check and the server's listen, or while a crashed server
+    // is down before its restart on the same port (CI saw "the port is in use" so).
+    const base = 20000 + Math.floor(Math.random() * (32768 - 20000 - n));
     let ok = true;
     for (let i = 0; i < n && ok; i++) ok = await portFree(base + i);
     if (ok) return base;
@@ -59,6 +62,17 @@ export interface SpawnOptions {
 }
 
 export async function spawnServer(opts: SpawnOptions = {}): Promise<SpawnedServer> {
+  // Another test may take a picked port before this server listens on it: pick again, a few times.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await spawnServerOnce(opts);
+    } catch (e) {
+      if (opts.port !== undefined || attempt >= 5 || !/the port is in use/.test((e as Error).message)) throw e;
+    }
+  }
+}
+
+async function spawnServerOnce(opts: SpawnOptions): Promise<SpawnedServer> {
   const regions = opts.regions ?? ['bj', 'gz', 'hkg'];
   const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), 'snapferry-e2e-')));
   const port = opts.port ?? (await freePortRange(regions.length));
@@ -95,7 +109,12 @@ export async function spawnServer(opts: SpawnOptions = {}): Promise<SpawnedServe
       });
     });
   };
-  await start();
+  try {
+    await start();
+  } catch (e) {
+    if (!opts.dataDir) await rm(dataDir, { recursive: true, force: true });
+    throw e;
+  }
 
   const server: SpawnedServer = {
     dataDir,
