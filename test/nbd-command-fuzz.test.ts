@@ -300,14 +300,7 @@ class Wire {
       if (this.ended) throw new WireEnded(`connection ended with ${this.queued} of ${n} bytes`);
       const left = deadline - Date.now();
       if (left <= 0) throw new Error(`server hung: no reply within ${timeoutMs} ms (waiting for ${n} bytes, have ${this.queued})`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.wake = () => {
-          clearTimeout(t);
-          resolve();
-        };
-      });
-      this.wake = null;
+      await this.nextEvent(left);
     }
     return this.take(n);
   }
@@ -340,16 +333,21 @@ class Wire {
     while (!this.ended) {
       const left = deadline - Date.now();
       if (left <= 0) return false;
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.wake = () => {
-          clearTimeout(t);
-          resolve();
-        };
-      });
-      this.wake = null;
+      await this.nextEvent(left);
     }
     return true;
+  }
+
+  /** Resolves on the next bytes or end of the connection, or after `ms`. */
+  private async nextEvent(ms: number): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, ms);
+      this.wake = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+    this.wake = null;
   }
 
   private take(n: number): Buffer {
