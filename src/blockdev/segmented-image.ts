@@ -30,6 +30,7 @@ import { constants } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DIRECT_IO_ALIGN } from '../lib/aligned-memory.ts';
+import { ReadPathChooser } from './read-path.ts';
 
 export const SEGMENT_BYTES = 1 << 30;
 export const LAYOUT_VERSION = 2;
@@ -134,6 +135,8 @@ export class SegmentedImage {
   private dirCreatedSinceFlush = false;
   /** False once the file system refused O_DIRECT (readDirect then reads through the page cache). */
   private directReads = DIRECT_FLAG !== 0;
+  /** How `readOnce` reads: through the page cache or past it. */
+  private readonly onceReads = new ReadPathChooser();
   /** A failure of a background eviction's fdatasync, reported by the next flush. */
   private evictionFailure: Error | null = null;
 
@@ -183,6 +186,19 @@ export class SegmentedImage {
         }
       });
     }
+  }
+
+  /**
+   * Reads bytes that are read once (a capture): through the page cache while they are found
+   * cached there, else past it (`readDirect`). The answer is always `read`'s; only the cost differs
+   * (read-path.ts says how the way is chosen, and what each costs).
+   */
+  async readOnce(buf: Buffer, at: number, length: number, position: number): Promise<void> {
+    const way = this.onceReads.next();
+    const started = performance.now();
+    if (way === 'direct') await this.readDirect(buf, at, length, position);
+    else await this.read(buf, at, length, position);
+    this.onceReads.observe(way, length, performance.now() - started);
   }
 
   /**
