@@ -3,7 +3,7 @@
  * process (bj and hkg in one process, the default layout), driven over HTTP, every snapshot timed
  * from its create request to `Available`, beside its peer run on the same image in the same run and
  * followed by a `sync` of what it wrote, the page cache dropped before every timed step (neither side
- * reads from memory what the other reads from the disk):
+ * reads from memory what the other reads from the disk; `--warm` keeps the cache, see WARM below):
  *
  *   full snapshot of the mixed image (per 16 MiB: 8 MiB random, 4 MiB text, 4 MiB zeros) at each
  *   `--size` (MiB, comma-separated; default 1024,4096)     vs  cp IMAGE COPY && sync COPY
@@ -16,7 +16,7 @@
  * RSS (kernel high-water mark) is taken over each whole scenario and per timed step. Images are
  * loaded with `snapferry volume import` (zeros sent as write-zeroes), as a user loads one.
  *
- *   node --import tsx bench/snapshot.ts [--size 1024,4096] [--runs 1] [--skip-random] [--skip-sparse]
+ *   node --import tsx bench/snapshot.ts [--size 1024,4096] [--runs 1] [--skip-random] [--skip-sparse] [--warm]
  *
  * Prints its figures; with BENCH_RESULTS_FILE set (bench/run.ts sets it, and builds the table) also writes
  * its results there as JSON.
@@ -25,7 +25,7 @@ import { randomBytes } from 'node:crypto';
 import { open, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
-  GiB, MiB, argValue, benchDir, createVolume, dropCaches, hasFlag, importImage, loadAverage, median, mixedImage, randomImage,
+  GiB, MiB, argValue, benchDir, createVolume, dropCaches, hasFlag, importImage, loadAverage, median, mixedImage, randomImage, run,
   startBenchServer, timedCopy, timedPeer, timedSnapshot, writeVolume, type BenchServer,
 } from './common.ts';
 
@@ -59,11 +59,17 @@ export interface SnapshotBenchResults {
 
 const RUNS = Math.max(1, Number(argValue('runs', '1')));
 const SKIP_COPY = hasFlag('skip-copy');
+/**
+ * --warm: keep the page cache before each timed step (only `sync`), as a user who just loaded a
+ * disk and snapshots it finds it: the disk's bytes, and the image `cp` reads, may still be cached.
+ */
+const WARM = hasFlag('warm');
+const settle = async (): Promise<void> => (WARM ? run('sync', []) : dropCaches());
 const peerCp = (src: string, dst: string): string => `cp '${src}' '${dst}'`;
 
 /** One timed step of the server, with its peak RSS and storage I/O. */
 async function serverStep(srv: BenchServer, fn: () => Promise<{ ms: number }>): Promise<StepResult> {
-  await dropCaches();
+  await settle();
   await srv.resetPeakRss();
   const io0 = await srv.io();
   const { ms } = await fn();
@@ -74,7 +80,7 @@ async function serverStep(srv: BenchServer, fn: () => Promise<{ ms: number }>): 
 /** `command` from `image` into `copy`, then `sync copy`, from a cold page cache. */
 async function peer(command: (src: string, dst: string) => string, image: string, copy: string): Promise<StepResult> {
   await rm(copy, { force: true });
-  await dropCaches();
+  await settle();
   return { ms: await timedPeer(command(image, copy), copy) };
 }
 

@@ -22,7 +22,7 @@
 /** Reads timed per way; the median of these decides. */
 export const SAMPLES = 5;
 /** One read in this many goes the way not chosen, to keep its timing current. */
-export const EXPLORE_EVERY = 8;
+export const EXPLORE_EVERY = 16;
 /** Reads shorter than this say little about the cache (a syscall's fixed cost dominates): not timed. */
 const TIMED_MIN_BYTES = 256 * 1024;
 
