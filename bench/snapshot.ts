@@ -77,7 +77,7 @@ async function serverStep(srv: BenchServer, fn: () => Promise<{ ms: number }>): 
   return { ms, peakRssBytes: await srv.peakRss(), readBytes: io1.readBytes - io0.readBytes, writeBytes: io1.writeBytes - io0.writeBytes };
 }
 
-/** `command` from `image` into `copy`, then `sync copy`, from a cold page cache. */
+/** `command` from `image` into `copy`, then `sync copy`, after `settle` (a cold page cache unless --warm). */
 async function peer(command: (src: string, dst: string) => string, image: string, copy: string): Promise<StepResult> {
   await rm(copy, { force: true });
   await settle();

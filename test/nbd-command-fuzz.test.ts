@@ -50,7 +50,7 @@ import * as C from '../src/blockdev/nbd/constants.ts';
 import { nbdPskKey, startNbdServer, type NbdServer } from '../src/blockdev/nbd/index.ts';
 import { FileExportProvider } from './helpers/file-block-target.ts';
 import { pseudoRandom, waitFor, type LogEntry } from './helpers/nbd-harness.ts';
-import { RawNbdClient } from './helpers/nbd-raw-client.ts';
+import { ArrivalSignal, RawNbdClient } from './helpers/nbd-raw-client.ts';
 import { keysOf } from './helpers/nbd-tls.ts';
 
 const KiB = 1024;
@@ -221,7 +221,7 @@ class Wire {
   private chunks: Buffer[] = [];
   private head = 0;
   private queued = 0;
-  private wake: (() => void) | null = null;
+  private readonly arrival = new ArrivalSignal();
   /** The server sent FIN or the socket closed. */
   ended = false;
   socket: net.Socket;
@@ -246,12 +246,12 @@ class Wire {
   private readonly onData = (d: Buffer): void => {
     this.chunks.push(d);
     this.queued += d.length;
-    this.wake?.();
+    this.arrival.notify();
   };
 
   private readonly onEnd = (): void => {
     this.ended = true;
-    this.wake?.();
+    this.arrival.notify();
   };
 
   private attach(s: net.Socket): void {
@@ -300,7 +300,7 @@ class Wire {
       if (this.ended) throw new WireEnded(`connection ended with ${this.queued} of ${n} bytes`);
       const left = deadline - Date.now();
       if (left <= 0) throw new Error(`server hung: no reply within ${timeoutMs} ms (waiting for ${n} bytes, have ${this.queued})`);
-      await this.nextEvent(left);
+      await this.arrival.wait(left);
     }
     return this.take(n);
   }
@@ -333,21 +333,9 @@ class Wire {
     while (!this.ended) {
       const left = deadline - Date.now();
       if (left <= 0) return false;
-      await this.nextEvent(left);
+      await this.arrival.wait(left);
     }
     return true;
-  }
-
-  /** Resolves on the next bytes or end of the connection, or after `ms`. */
-  private async nextEvent(ms: number): Promise<void> {
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, ms);
-      this.wake = () => {
-        clearTimeout(t);
-        resolve();
-      };
-    });
-    this.wake = null;
   }
 
   private take(n: number): Buffer {

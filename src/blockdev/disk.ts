@@ -34,7 +34,7 @@ export interface Capture {
   /**
    * Reads the frozen chunks [first, first + count) into `into` (chunk `first + k` at
    * `k * chunkSize`) with one read per run of allocated chunks, so a capture reads several MiB at
-   * once, past the page cache unless the bytes are cached (SegmentedImage.readOnce). Answers, per chunk, a view of its bytes in `into`, or null where a write already preserved
+   * once, through the page cache or past it, whichever recent reads found faster (SegmentedImage.readOnce). Answers, per chunk, a view of its bytes in `into`, or null where a write already preserved
    * it through the sink (its bytes in `into` are then meaningless). Each chunk counts as read exactly
    * as through `readChunk`: its lock is held for the read, and it leaves the copy-on-write set.
    */
@@ -351,7 +351,7 @@ export class Disk implements BlockTarget {
     }
   }
 
-  /** `once`: data read once (a capture), read past the page cache unless cached (SegmentedImage.readOnce). */
+  /** `once`: data read once (a capture), through the page cache or past it (SegmentedImage.readOnce). */
   private async readFileInto(buf: Buffer, at: number, length: number, position: number, once = false): Promise<void> {
     try {
       if (once) await this.image.readOnce(buf, at, length, position);

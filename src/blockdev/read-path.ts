@@ -5,9 +5,9 @@
  * always goes to the device. Through it is a memory copy when the bytes are cached, which they
  * often are: a disk written a moment ago (an image just loaded, a guest's recent writes) is in the
  * cache, and reading it from the device then competes with the capture's own writes of the chunks.
- * Measured on the dev VM (4 GiB mixed image, 3 GiB of data, load ~0): a first snapshot with every
- * read direct took 9.2 s warm and 9.5 s cold; with every read buffered 6.8 s warm and 10.1 s cold
- * (11.2 against 7.6 CPU s).
+ * Measured on the dev VM (4 GiB mixed image, 3 GiB of data, quiet, a few runs each): a first
+ * snapshot with every read direct took 9.2-12.8 s warm and 9.5-11.0 s cold; with every read
+ * buffered 6.8-8.2 s warm and 8.7-11.5 s cold (in one cold pair, 11.2 against 7.6 CPU s).
  *
  * Node cannot ask the kernel what is cached (no mincore, no preadv2 RWF_NOWAIT), so the chooser
  * asks the clock, and compares like with like: it times reads both ways under the same load and

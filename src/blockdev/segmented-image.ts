@@ -189,8 +189,8 @@ export class SegmentedImage {
   }
 
   /**
-   * Reads bytes that are read once (a capture): through the page cache while they are found
-   * cached there, else past it (`readDirect`). The answer is always `read`'s; only the cost differs
+   * Reads bytes that are read once (a capture): through the page cache or past it (`readDirect`),
+   * whichever way recent reads found faster. The answer is always `read`'s; only the cost differs
    * (read-path.ts says how the way is chosen, and what each costs).
    */
   async readOnce(buf: Buffer, at: number, length: number, position: number): Promise<void> {

@@ -28,9 +28,32 @@ export interface StructuredChunk {
   payload: Buffer;
 }
 
+/**
+ * "Something arrived" for a client reading a socket: `wait(ms)` resolves at the next `notify()` (bytes
+ * or the end of the connection) or after `ms`, whichever comes first; the caller then looks again.
+ */
+export class ArrivalSignal {
+  private waiter: (() => void) | null = null;
+
+  async wait(ms: number): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, ms);
+      this.waiter = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+    this.waiter = null;
+  }
+
+  notify(): void {
+    this.waiter?.();
+  }
+}
+
 export class RawNbdClient {
   private buf: Buffer = Buffer.alloc(0);
-  private waiter: (() => void) | null = null;
+  private readonly arrival = new ArrivalSignal();
   private ended = false;
   readonly closed: Promise<void>;
 
@@ -100,14 +123,7 @@ export class RawNbdClient {
       if (this.ended) throw new Error(`connection ended with ${this.buf.length}/${n} bytes`);
       const left = deadline - Date.now();
       if (left <= 0) throw new Error(`timed out reading ${n} bytes (have ${this.buf.length})`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.waiter = () => {
-          clearTimeout(t);
-          resolve();
-        };
-      });
-      this.waiter = null;
+      await this.arrival.wait(left);
     }
     const out = this.buf.subarray(0, n);
     this.buf = this.buf.subarray(n);
@@ -133,7 +149,7 @@ export class RawNbdClient {
   }
 
   private wake(): void {
-    this.waiter?.();
+    this.arrival.notify();
   }
 
   // ---- handshake ------------------------------------------------------------------------------
