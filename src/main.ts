@@ -35,6 +35,7 @@ import { acquireDataDirLock } from './lib/data-dir-lock.ts';
 import { Sha256Pool } from './lib/sha256-pool.ts';
 import { copyJob } from './replication/copy-job.ts';
 import { CHUNK_ENCODING_HEADER, MANIFEST_PART_MAX_BYTES, PeerClient, SERVICE_KEY_PREFIX } from './replication/peer-client.ts';
+import { UploadThread } from './replication/upload-thread.ts';
 import { ReplicationMetrics } from './replication/replication-metrics.ts';
 import { openRegionStores, type RegionStores } from './region-stores.ts';
 import { ChunkRepository, RepositoryMetrics } from './repository/chunk-repository.ts';
@@ -194,11 +195,13 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
 
   const urls = peerUrls(config);
   const peers = new Map<string, PeerClient>();
+  // One thread sends this region's chunk uploads to all its peers (started at the first upload).
+  const uploadThread = new UploadThread();
   const peer = (dest: string): PeerClient | null => {
     if (dest === name || !urls[dest]) return null;
     let client = peers.get(dest);
     if (!client) {
-      client = new PeerClient(dest, urls[dest]!, name, config.regionSecret);
+      client = new PeerClient(dest, urls[dest]!, name, config.regionSecret, { uploadThread });
       peers.set(dest, client);
     }
     return client;
@@ -352,6 +355,7 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
       await incoming.close();
       await jobs.stop();
       await Promise.allSettled([...peers.values()].map((p) => p.close()));
+      await uploadThread.close();
       await disks.closeAll();
       if (shared) await meta.nodes.remove(processId).catch(() => undefined);
       await meta.locks.release(HOUSEKEEPING_LOCK, processId).catch(() => undefined);

@@ -8,6 +8,7 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { SENDS_PER_COPY } from '../src/replication/copy-job.ts';
 import { COPY_JOB, type CopyPayload } from '../src/replication/copy-payload.ts';
 import { assertCopyIdentical, copyStatus, randomChunks, snapshotAt, startCopy, syntheticSnapshot, waitAvailable } from './helpers/copy-fixtures.ts';
 import { startFaultProxy, type FaultProxy } from './helpers/fault-proxy.ts';
@@ -44,10 +45,11 @@ async function holdsFor(ms: number, invariant: () => Promise<void>): Promise<voi
 }
 
 test('a copy that keeps making progress for longer than the deadline completes, through a transient failure', async () => {
-  const chunks = randomChunks(96);
+  // SENDS_PER_COPY uploads in flight, each held 600 ms: about 7 s for the copy, past the 5 s deadline.
+  const chunks = randomChunks(SENDS_PER_COPY * 12);
   const src = await syntheticSnapshot(bj.built.region, chunks);
   proxy.resetCounts();
-  proxy.setChunkDelay(600); // 8 uploads in flight: ~13 chunks a second, about 7 s for the copy
+  proxy.setChunkDelay(600);
   // Once the deadline has passed since the enqueue, one upload fails: the attempt fails with it.
   let started = 0;
   let injectedAt = 0;

@@ -71,17 +71,9 @@ async function readChunkBody(req: FastifyRequest, limit: number, lease: (length:
   if (!Number.isSafeInteger(declared) || declared < 0) return { body: { buffer: await readRaw(req, limit), release: () => undefined }, sha256 };
   // One buffer of the declared length, filled as the socket delivers: no concatenation afterwards.
   const body = lease(declared);
-  let size = 0;
+  let size: number;
   try {
-    for await (const chunk of source.iterator({ destroyOnReturn: false })) {
-      const part = chunk as Buffer;
-      if (size + part.length > declared) throw new ApiError('BadRequest', 'The body is longer than its Content-Length.');
-      if (part.length === 0) continue;
-      // `fill` with a buffer of exactly the range's length is one memcpy; `copy` into shared memory
-      // goes through V8's byte-wise relaxed-atomic copy (measured: 7-10 % of the event loop in a copy).
-      body.buffer.fill(part, size, size + part.length);
-      size += part.length;
-    }
+    size = await fillFrom(source, body.buffer, declared);
   } catch (e) {
     body.release();
     throw e;
@@ -91,6 +83,50 @@ async function readChunkBody(req: FastifyRequest, limit: number, lease: (length:
     throw new ApiError('BadRequest', `The body ended after ${size} of its ${declared} bytes.`);
   }
   return { body, sha256 };
+}
+
+/**
+ * Copies what `source` delivers into `into` until it ends; answers the bytes copied (fewer than
+ * `declared` when the body ended early or the connection went away). Plain 'data' events, not an
+ * async iterator: a chunk arrives in 16 or more pieces, each an iteration's promise and resumption
+ * otherwise, on the event loop every upload shares.
+ */
+function fillFrom(source: Readable, into: Buffer, declared: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let size = 0;
+    if (source.readableEnded) return resolve(0);
+    const done = (): void => {
+      source.off('data', onData);
+      source.off('end', onEnd);
+      source.off('error', onError);
+      source.off('close', onEnd);
+    };
+    const onData = (part: Buffer): void => {
+      if (size + part.length > declared) {
+        done();
+        source.pause(); // the rest is not read: the error answer ends the exchange
+        reject(new ApiError('BadRequest', 'The body is longer than its Content-Length.'));
+        return;
+      }
+      // `fill` with a buffer of exactly the range's length is one memcpy; `copy` into shared memory
+      // goes through V8's byte-wise relaxed-atomic copy (measured: 7-10 % of the event loop in a copy).
+      if (part.length > 0) into.fill(part, size, size + part.length);
+      size += part.length;
+    };
+    const onEnd = (): void => {
+      done();
+      resolve(size);
+    };
+    const onError = (e: Error): void => {
+      done();
+      reject(e);
+    };
+    source.on('data', onData);
+    source.once('end', onEnd);
+    source.once('error', onError);
+    source.once('close', onEnd); // gone before its end: the caller sees the bytes missing
+    source.resume();
+  });
 }
 
 const SNAPSHOT_ID = /^s-[A-Za-z0-9]{1,64}$/;

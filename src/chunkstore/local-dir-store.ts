@@ -36,9 +36,9 @@
 import { DIRECT_IO_ALIGN, isDirectIoReady } from '../lib/aligned-memory.ts';
 import { KeyedMutex } from '../lib/keyed-mutex.ts';
 import { mapLimit } from '../lib/map-limit.ts';
+import { closeFd, fsyncFd, fstatSizeSync, openFd, readFd, writeFd } from '../lib/raw-fd.ts';
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
 import * as fsp from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { sha256Hex } from '../lib/sha256-pool.ts';
@@ -86,9 +86,10 @@ interface Pending {
 
 const HEX = '0123456789abcdef';
 const ID_RE = /^[0-9a-f]{64}$/;
-/** Open flags of a new temp file written past the page cache; 0 where the platform has no O_DIRECT (then never tried). */
+/** Past the page cache; 0 where the platform has no O_DIRECT (then never tried). */
 const O_DIRECT: number = (fsConstants as Record<string, number>).O_DIRECT ?? 0;
-const WRITE_NEW_DIRECT = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | O_DIRECT;
+/** A new temp file: created, never an existing one. */
+const WRITE_NEW = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL;
 
 function isCode(err: unknown, code: string): boolean {
   return typeof err === 'object' && err !== null && (err as NodeJS.ErrnoException).code === code;
@@ -505,102 +506,95 @@ export class LocalDirChunkStore implements ChunkStore {
    * O_DIRECT (EINVAL: tmpfs, some FUSE) gets buffered writes from then on.
    */
   private async writeNewFile(path: string, data: Buffer): Promise<void> {
-    const direct = this.directWrites && isDirectIoReady(data);
-    let fh: FileHandle | undefined;
+    const opened = await openPerhapsDirect(path, WRITE_NEW, this.directWrites && isDirectIoReady(data));
+    if (!opened.direct) this.directWrites &&= !opened.refused;
+    let fd = opened.fd;
+    let direct = opened.direct;
     try {
-      try {
-        fh = await fsp.open(path, direct ? WRITE_NEW_DIRECT : 'wx', 0o644);
-      } catch (err) {
-        if (!direct || !isCode(err, 'EINVAL')) throw err;
-        this.directWrites = false;
-        fh = await fsp.open(path, 'wx', 0o644);
-      }
       await this.hook('write', path);
       let off = 0;
       while (off < data.length) {
         let bytesWritten: number;
         try {
-          ({ bytesWritten } = await fh.write(data, off, data.length - off, off));
+          bytesWritten = await writeFd(fd, data, off, data.length - off, off);
         } catch (err) {
           if (!direct || !isCode(err, 'EINVAL')) throw err;
-          // Refused as unaligned after all: the rest through the page cache, on a handle without O_DIRECT.
+          // Refused as unaligned after all: the rest through the page cache, on a descriptor without O_DIRECT.
           this.directWrites = false;
-          await fh.close();
-          fh = await fsp.open(path, 'r+');
+          direct = false;
+          const f = fd;
+          fd = -1;
+          closeFd(f);
+          fd = await openFd(path, fsConstants.O_WRONLY);
           continue;
         }
         if (bytesWritten <= 0) throw new Error(`short write to ${path}`);
         off += bytesWritten;
       }
-      const h = fh;
-      fh = undefined;
-      await h.close();
+      const f = fd;
+      fd = -1;
+      closeFd(f);
     } catch (err) {
-      if (fh) await fh.close().catch(() => undefined);
+      if (fd >= 0) closeQuietly(fd);
       await unlinkIfExists(path).catch(() => false);
       throw err;
     }
   }
 
   private async fsyncFile(path: string): Promise<void> {
-    const fh = await fsp.open(path, 'r');
+    const fd = await openFd(path, fsConstants.O_RDONLY);
     try {
       await this.hook('fsync', path);
-      await fh.sync();
+      await fsyncFd(fd);
     } finally {
-      await fh.close();
+      closeFd(fd);
     }
   }
 
   private async readWhole(path: string): Promise<Buffer> {
-    const fh = await fsp.open(path, 'r');
+    const fd = await openFd(path, fsConstants.O_RDONLY);
     try {
       await this.hook('read', path);
-      const { size } = await fh.stat();
+      const size = fstatSizeSync(fd);
       // Not from Buffer's shared pool: the caller gets a buffer that owns its memory.
       const buf = Buffer.allocUnsafeSlow(size);
       let off = 0;
       while (off < size) {
-        const { bytesRead } = await fh.read(buf, off, size - off, off);
+        const bytesRead = await readFd(fd, buf, off, size - off, off);
         if (bytesRead === 0) break; // file shrank under us: return what is there, the hash decides
         off += bytesRead;
       }
       return off === size ? buf : buf.subarray(0, off);
     } finally {
-      await fh.close();
+      closeFd(fd);
     }
   }
 
   /** `readWhole` into `into`; O_DIRECT when `into` is page-aligned (the file's tail past the last full block then reads buffered). */
   private async readWholeInto(path: string, into: Buffer): Promise<number> {
-    let direct = this.directReads && isDirectIoReady(into);
-    let fh: FileHandle;
-    try {
-      fh = await fsp.open(path, direct ? fsConstants.O_RDONLY | O_DIRECT : 'r');
-    } catch (err) {
-      if (!direct || !isCode(err, 'EINVAL')) throw err;
-      this.directReads = false; // no O_DIRECT on this file system
-      direct = false;
-      fh = await fsp.open(path, 'r');
-    }
+    const opened = await openPerhapsDirect(path, fsConstants.O_RDONLY, this.directReads && isDirectIoReady(into));
+    if (!opened.direct) this.directReads &&= !opened.refused; // no O_DIRECT on this file system
+    let fd = opened.fd;
     try {
       await this.hook('read', path);
-      const { size } = await fh.stat();
+      const size = fstatSizeSync(fd);
       if (size > into.length) throw new RangeError(`${path} has ${size} bytes; the buffer holds ${into.length}`);
       let off = 0;
-      let directNow = direct;
+      let directNow = opened.direct;
       while (off < size) {
         let bytesRead: number;
         try {
           // A direct read asks for whole blocks (the buffer has room: its length is a multiple of them).
           const want = directNow ? Math.min(into.length - off, Math.ceil((size - off) / DIRECT_IO_ALIGN) * DIRECT_IO_ALIGN) : size - off;
-          ({ bytesRead } = await fh.read(into, off, want, off));
+          bytesRead = await readFd(fd, into, off, want, off);
         } catch (err) {
           if (!directNow || !isCode(err, 'EINVAL')) throw err;
           this.directReads = false; // refused here: the rest, and every later read, through the page cache
           directNow = false;
-          await fh.close();
-          fh = await fsp.open(path, 'r');
+          const f = fd;
+          fd = -1;
+          closeFd(f);
+          fd = await openFd(path, fsConstants.O_RDONLY);
           continue;
         }
         if (bytesRead === 0) break; // file shrank under us: the bytes there are what is sent, the destination's hash decides
@@ -609,7 +603,7 @@ export class LocalDirChunkStore implements ChunkStore {
       }
       return Math.min(off, size);
     } finally {
-      await fh.close();
+      if (fd >= 0) closeFd(fd);
     }
   }
 
@@ -689,10 +683,34 @@ async function unlinkIfExists(path: string): Promise<boolean> {
 }
 
 async function fsyncDir(path: string): Promise<void> {
-  const fh = await fsp.open(path, 'r');
+  const fd = await openFd(path, fsConstants.O_RDONLY);
   try {
-    await fh.sync();
+    await fsyncFd(fd);
   } finally {
-    await fh.close();
+    closeFd(fd);
+  }
+}
+
+/**
+ * Opens `path` with `flags`, plus O_DIRECT when `direct` is asked for; a file system that refuses
+ * O_DIRECT (EINVAL: tmpfs, some FUSE) gets the plain open, and `refused` says so, so the caller
+ * stops asking. `direct` in the answer: whether the descriptor has O_DIRECT.
+ */
+async function openPerhapsDirect(path: string, flags: number, direct: boolean): Promise<{ fd: number; direct: boolean; refused: boolean }> {
+  if (!direct) return { fd: await openFd(path, flags), direct: false, refused: false };
+  try {
+    return { fd: await openFd(path, flags | O_DIRECT), direct: true, refused: false };
+  } catch (err) {
+    if (!isCode(err, 'EINVAL')) throw err;
+    return { fd: await openFd(path, flags), direct: false, refused: true };
+  }
+}
+
+/** Closes a descriptor on a path that already failed: the first error is the one to report. */
+function closeQuietly(fd: number): void {
+  try {
+    closeFd(fd);
+  } catch {
+    /* the caller's error wins */
   }
 }

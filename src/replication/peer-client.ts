@@ -1,8 +1,8 @@
 /**
  * The source side of region-to-region replication: calls to one destination region's internal
  * endpoints (docs/design.md "Remote copy" has the protocol), signed with the regions' service
- * credential, over keep-alive connections: chunk uploads on node:http connections of their own
- * (ChunkUploader), manifest parts and the small control calls (reserve, missing, manifest, progress,
+ * credential, over keep-alive connections: chunk uploads on node:http connections of their own,
+ * sent by a thread of their own (ChunkUploader, upload-thread.ts), manifest parts and the small control calls (reserve, missing, manifest, progress,
  * commit) on two undici pools, so a keep-alive or a "which do you lack" never waits behind bulk
  * uploads.
  *
@@ -13,10 +13,9 @@
  * Errors are classified for the copy job: `isTransient` says whether retrying can help.
  */
 import { createHash } from 'node:crypto';
-import * as http from 'node:http';
-import * as https from 'node:https';
 import { BceClient, BceError, type BceCredentials } from '../lib/bce-client.ts';
 import { CONTENT_SHA256_HEADER, DEFAULT_EXPIRATION_SECONDS, formatTimestamp, sign } from '../lib/bce-auth.ts';
+import { UploadThread } from './upload-thread.ts';
 
 export interface ReserveRequest {
   accountId: string;
@@ -54,18 +53,22 @@ export class PeerClient {
   private readonly control: BceClient;
   private readonly data: BceClient;
   private readonly uploads: ChunkUploader;
+  /** The upload thread, when this client made it (else its owner closes it). */
+  private readonly ownThread: UploadThread | null;
 
+  /** `options.uploadThread`: the region's thread for chunk uploads, shared by its peers; without it the client makes its own. */
   constructor(
     readonly region: string,
     endpoint: string,
     fromRegion: string,
     regionSecret: string,
-    options: { connections?: number } = {},
+    options: { connections?: number; uploadThread?: UploadThread } = {},
   ) {
     const credentials = { accessKeyId: `${SERVICE_KEY_PREFIX}${fromRegion}`, secretAccessKey: regionSecret };
     this.control = new BceClient(endpoint, credentials, { connections: CONTROL_CONNECTIONS, pipelining: 1 });
     this.data = new BceClient(endpoint, credentials, { connections: options.connections ?? DATA_CONNECTIONS, pipelining: 1 });
-    this.uploads = new ChunkUploader(endpoint, credentials, options.connections ?? DATA_CONNECTIONS);
+    this.ownThread = options.uploadThread ? null : new UploadThread();
+    this.uploads = new ChunkUploader(endpoint, credentials, options.connections ?? DATA_CONNECTIONS, options.uploadThread ?? this.ownThread!);
   }
 
   /** Creates the destination's `Creating` record, or finds it (idempotent); also a keep-alive. */
@@ -98,7 +101,6 @@ export class PeerClient {
    * destination hashes what arrived and refuses a mismatch (BadDigest, taken as damage in transit).
    */
   putChunk(destSnapshotId: string, id: string, body: Buffer, encoding: 'raw' | 'zstd', signal?: AbortSignal, bodySha256?: string): Promise<void> {
-    // Not an async function: nothing here holds `body` while the answer is awaited (see ChunkUploader.put).
     const sha256 = bodySha256 ?? createHash('sha256').update(body).digest('hex');
     return damagedInTransit(this.uploads.put(`/internal/v1/snapshots/${destSnapshotId}/chunks/${id}`, body, sha256, { 'content-type': 'application/octet-stream', [CHUNK_ENCODING_HEADER]: encoding }, signal));
   }
@@ -116,43 +118,31 @@ export class PeerClient {
   }
 
   async close(): Promise<void> {
-    this.uploads.close();
-    await Promise.allSettled([this.control.close(), this.data.close()]);
+    await Promise.allSettled([this.ownThread?.close(), this.control.close(), this.data.close()]);
   }
 }
 
 /**
- * Signed PUTs of chunk bodies over node:http keep-alive connections (signed exactly as BceClient
- * signs: bce-auth-v1 over host, content-length, content-type and every x-bce-* header, the body's
- * SHA-256 among them). Not undici: in the one-process layout, where the destination's server shares
- * the process, undici's uploads of 1 MiB bodies set off a full garbage collection every 20-30 MiB
- * (measured: 40-56 per GiB, against none for node:http doing the same uploads).
+ * Signed PUTs of chunk bodies, sent by an upload thread (upload-thread.ts) over node:http keep-alive
+ * connections of its own, signed here exactly as BceClient signs: bce-auth-v1 over host,
+ * content-length, content-type and every x-bce-* header, the body's SHA-256 among them. Not undici:
+ * in the one-process layout, where the destination's server shares the process, undici's uploads
+ * of 1 MiB bodies set off a full garbage collection every 20-30 MiB (measured: 40-56 per GiB,
+ * against none for node:http doing the same uploads).
  */
 class ChunkUploader {
-  private readonly agent: http.Agent;
   private readonly url: URL;
-  private readonly request: typeof http.request;
 
   constructor(
     endpoint: string,
     private readonly credentials: BceCredentials,
-    connections: number,
+    private readonly connections: number,
+    private readonly thread: UploadThread,
   ) {
     this.url = new URL(endpoint);
-    // `timeout` also lets the agent honour the server's Keep-Alive hint: an idle socket is closed
-    // before the server would close it, so an upload never goes out on a socket being closed.
-    const options = { keepAlive: true, maxSockets: connections, maxFreeSockets: connections, scheduling: 'lifo' as const, timeout: UPLOAD_IDLE_TIMEOUT_MS };
-    const tls = this.url.protocol === 'https:';
-    this.agent = tls ? new https.Agent(options) : new http.Agent(options);
-    this.request = tls ? https.request : http.request;
   }
 
-  /**
-   * PUT `body` to `path`; resolves on a 2xx, rejects with a BceError otherwise (status 0: no
-   * answer). `body` is referenced only until it is written to the connection, not while the answer
-   * is awaited (no closure here captures it): a chunk buffer then dies young, instead of living on
-   * into the old generation where only a full collection frees it.
-   */
+  /** PUT `body` to `path`; resolves on a 2xx, rejects with a BceError otherwise (status 0: no answer). */
   put(path: string, body: Buffer, sha256: string, extra: Record<string, string>, signal?: AbortSignal): Promise<void> {
     const headers: Record<string, string> = {
       host: this.url.host, 'x-bce-date': formatTimestamp(Date.now()), 'content-length': String(body.length), [CONTENT_SHA256_HEADER]: sha256, ...extra,
@@ -162,42 +152,7 @@ class ChunkUploader {
       accessKeyId: this.credentials.accessKeyId, secretAccessKey: this.credentials.secretAccessKey,
       timestamp: headers['x-bce-date']!, expirationSeconds: DEFAULT_EXPIRATION_SECONDS,
     });
-    const { req, answered } = this.start(path, headers, signal);
-    req.end(body);
-    return answered;
-  }
-
-  private start(path: string, headers: Record<string, string>, signal?: AbortSignal): { req: http.ClientRequest; answered: Promise<void> } {
-    const origin = this.url.origin;
-    let req!: http.ClientRequest;
-    const answered = new Promise<void>((resolve, reject) => {
-      const failed = (e: Error): void => reject(e instanceof BceError ? e : new BceError(0, 'ConnectionFailed', `${origin}: ${e.message}`, null));
-      req = this.request({ agent: this.agent, host: this.url.hostname, port: this.url.port, method: 'PUT', path, headers, signal }, (res) => {
-        const parts: Buffer[] = [];
-        res.on('data', (d: Buffer) => parts.push(d));
-        res.once('error', failed);
-        res.once('end', () => {
-          const status = res.statusCode ?? 0;
-          if (status >= 200 && status < 300) return resolve();
-          const text = Buffer.concat(parts).toString('utf8');
-          let parsed: { code?: string; message?: string; requestId?: string } = {};
-          try {
-            parsed = JSON.parse(text);
-          } catch {
-            /* not BCE's format: keep the raw text */
-          }
-          const requestId = parsed.requestId ?? (res.headers['x-bce-request-id'] as string | undefined) ?? null;
-          reject(new BceError(status, parsed.code ?? `HTTP${status}`, parsed.message ?? text.slice(0, 200), requestId));
-        });
-      });
-      req.setTimeout(UPLOAD_IDLE_TIMEOUT_MS, () => req.destroy(new Error(`no progress for ${UPLOAD_IDLE_TIMEOUT_MS} ms`)));
-      req.once('error', failed);
-    });
-    return { req, answered };
-  }
-
-  close(): void {
-    this.agent.destroy();
+    return this.thread.put({ origin: this.url.origin, path, headers, body, connections: this.connections, idleMs: UPLOAD_IDLE_TIMEOUT_MS }, signal);
   }
 }
 

@@ -1,0 +1,47 @@
+/**
+ * File I/O on raw descriptors, for the per-chunk paths (a chunk file is opened, read or written
+ * once, and closed: thousands a second in a copy or a capture).
+ *
+ * Why not `fs/promises` FileHandles there: each FileHandle is an object with a finaliser, and
+ * every call on it is a promise plus a trip through the thread pool. On this 2-core machine a
+ * trip costs the event loop more than its bookkeeping: waking a pool thread preempts the loop's
+ * thread, and a copy's loop is busy. So the calls that wait on the device (open, read, write,
+ * fsync) go to the pool as before, and the two that never do here run on the calling thread:
+ *
+ * - `closeFd`: closing a regular file we opened does no I/O (no flush: a new chunk file is written
+ *   whole past the page cache or left to writeback, and is never truncated, which is when ext4
+ *   flushes on close);
+ * - `fstatSizeSync`: the inode is in memory while the file is open.
+ *
+ * A descriptor is a plain number: every opener must close it on every path (try/finally), since
+ * nothing closes a lost one.
+ */
+import * as fs from 'node:fs';
+
+export function openFd(path: string, flags: number, mode = 0o644): Promise<number> {
+  return new Promise((resolve, reject) => fs.open(path, flags, mode, (err, fd) => (err ? reject(err) : resolve(fd))));
+}
+
+/** Reads up to `length` bytes at `position` into `buf` at `offset`; answers the bytes read. */
+export function readFd(fd: number, buf: Uint8Array, offset: number, length: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.read(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
+/** Writes `length` bytes of `buf` from `offset` at `position`; answers the bytes written (maybe fewer). */
+export function writeFd(fd: number, buf: Uint8Array, offset: number, length: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.write(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
+export function fsyncFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+/** Closes `fd` on the calling thread (see the module comment for why that never waits on the device). */
+export function closeFd(fd: number): void {
+  fs.closeSync(fd);
+}
+
+/** The open file's size, on the calling thread. */
+export function fstatSizeSync(fd: number): number {
+  return fs.fstatSync(fd).size;
+}
