@@ -30,6 +30,7 @@ import { constants } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DIRECT_IO_ALIGN } from '../lib/aligned-memory.ts';
+import { closeFd, openFd, readFd } from '../lib/raw-fd.ts';
 import { ReadPathChooser } from './read-path.ts';
 
 export const SEGMENT_BYTES = 1 << 30;
@@ -226,9 +227,9 @@ export class SegmentedImage {
   /** Bytes of one piece read directly (from 0: the rest, if any, is for the buffered path). */
   private async readPieceDirect(key: number, buf: Buffer, at: number, length: number, filePosition: number): Promise<number> {
     const path = key === LEGACY_KEY ? this.legacyPath! : join(this.segmentDir, segmentName(key));
-    let fh: FileHandle;
+    let fd: number;
     try {
-      fh = await open(path, constants.O_RDONLY | DIRECT_FLAG);
+      fd = await openFd(path, constants.O_RDONLY | DIRECT_FLAG);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'EINVAL') this.directReads = false; // no O_DIRECT here: never try again
@@ -240,7 +241,7 @@ export class SegmentedImage {
       while (done < length) {
         let bytesRead: number;
         try {
-          ({ bytesRead } = await fh.read(buf, at + done, length - done, filePosition + done));
+          bytesRead = await readFd(fd, buf, at + done, length - done, filePosition + done);
         } catch (e) {
           if ((e as NodeJS.ErrnoException).code === 'EINVAL') return done; // e.g. the buffer's memory is not aligned
           throw e;
@@ -250,7 +251,7 @@ export class SegmentedImage {
       }
       return done;
     } finally {
-      await fh.close();
+      closeFd(fd); // a descriptor opened for one read: lib/raw-fd.ts
     }
   }
 

@@ -51,6 +51,8 @@ export const MISSING_BATCH = 1024;
  * with 16, alternating runs; 32 gave 274-283).
  */
 export const SENDS_PER_COPY = 16;
+/** Free read buffers kept between uploads, for all of a region's copies together. */
+const READ_BUFFERS_KEPT = 2 * SENDS_PER_COPY;
 /** Send compressed only when the compressed size is below this fraction of the raw size. */
 const COMPRESSION_WORTH = 0.9;
 const COMPRESSION_SAMPLE = 64 * 1024;
@@ -67,6 +69,7 @@ const COMMIT_ROUNDS = 3;
 export function copyJob(deps: CopyJobDeps): JobHandler {
   const missingBatch = deps.missingBatch ?? MISSING_BATCH;
   const partBytes = Math.min(deps.manifestPartBytes ?? MANIFEST_PART_MAX_BYTES, MANIFEST_PART_MAX_BYTES);
+  const readBuffers = new ReadBuffers();
   return {
     kind: COPY_JOB,
     retry: deps.retry,
@@ -88,7 +91,7 @@ export function copyJob(deps: CopyJobDeps): JobHandler {
         const total = nonZeroBytes(manifest);
         const progress = new ProgressReporter(total, job, control, peer, p.destSnapshotId);
         for (let round = 1; ; round++) {
-          await sendMissingChunks(deps, peer, p.destSnapshotId, manifest, missingBatch, progress, labels, signal);
+          await sendMissingChunks(deps, readBuffers, peer, p.destSnapshotId, manifest, missingBatch, progress, labels, signal);
           try {
             await peer.commit(p.destSnapshotId, signal);
             break;
@@ -160,9 +163,9 @@ async function sendManifest(peer: PeerClient, p: CopyPayload, bytes: Buffer, par
  * answered "missing" although it is on its way: those are not sent again (`racing`). A failed upload
  * fails the attempt, so nothing in `racing` is ever left unsent.
  */
-async function sendMissingChunks(deps: CopyJobDeps, peer: PeerClient, destSnapshotId: string, manifest: Manifest, batchSize: number, progress: ProgressReporter, labels: Record<string, string>, signal: AbortSignal): Promise<void> {
+async function sendMissingChunks(deps: CopyJobDeps, readBuffers: ReadBuffers, peer: PeerClient, destSnapshotId: string, manifest: Manifest, batchSize: number, progress: ProgressReporter, labels: Record<string, string>, signal: AbortSignal): Promise<void> {
   progress.restartWalk();
-  const reads = storedReads(deps.chunks, manifest.chunkSize);
+  const reads = storedReads(deps.chunks, readBuffers, manifest.chunkSize);
   // Walked in batches: memory stays bounded however large the snapshot. A chunk that repeats
   // across batches is found present the second time (the destination has it, at least pending).
   const batches = copyBatches(manifest, batchSize);
@@ -247,7 +250,7 @@ function* copyBatches(manifest: Manifest, size: number): IterableIterator<Array<
 
 /**
  * How the first send of a chunk reads it: the stored bytes as they are, not re-hashed, into a
- * buffer of the copy's own pool, when the store can (`readInto`); else verified (`get`: the S3
+ * buffer of the region's read pool (ReadBuffers), when the store can (`readInto`); else verified (`get`: the S3
  * store, whose reads are network-bound anyway). A fresh chunk-sized buffer per chunk costs
  * more in garbage collection than the read itself: each is reported to V8 as external memory, and
  * every 64 MiB or so of them start a full collection (measured on the source side of a copy: 20-90
@@ -258,31 +261,51 @@ interface StoredReads {
   read(id: string): Promise<{ data: Buffer; release(): void }>;
 }
 
-function storedReads(store: ChunkStore, chunkSize: number): StoredReads | null {
+function storedReads(store: ChunkStore, buffers: ReadBuffers, chunkSize: number): StoredReads | null {
   if (!store.readInto) return null;
   const readInto = store.readInto.bind(store);
-  // Page-aligned memory: the local store reads into it past the page cache (lib/aligned-memory.ts).
-  const free: Buffer[] = [];
   return {
     async read(id) {
-      const buffer = free.pop() ?? Buffer.from(alignedSharedMemory(chunkSize), 0, chunkSize);
+      const buffer = buffers.take(chunkSize);
       let n: number;
       try {
         n = await readInto(id, buffer);
       } catch (e) {
-        free.push(buffer);
+        buffers.give(buffer);
         throw e;
       }
       let held = true;
       return {
         data: buffer.subarray(0, n),
         release: () => {
-          if (held && free.length < SENDS_PER_COPY * 2) free.push(buffer);
+          if (held) buffers.give(buffer);
           held = false;
         },
       };
     },
   };
+}
+
+/**
+ * The read buffers of every copy a region sends, by size (a region's manifests share one chunk
+ * size; a copy from a region of another keeps its own), page-aligned shared memory: the local store
+ * reads into it past the page cache (lib/aligned-memory.ts) and the upload thread sends it in place.
+ * Shared by all copies and walks rather than one pool per walk: a buffer of WebAssembly memory is
+ * freed only by a full collection, so buffers left behind by each finished walk stayed resident
+ * (16 MiB per walk) until one came. At most READ_BUFFERS_KEPT free buffers are kept.
+ */
+class ReadBuffers {
+  private readonly free = new Map<number, Buffer[]>();
+
+  take(size: number): Buffer {
+    return this.free.get(size)?.pop() ?? Buffer.from(alignedSharedMemory(size), 0, size);
+  }
+
+  give(buffer: Buffer): void {
+    let list = this.free.get(buffer.length);
+    if (!list) this.free.set(buffer.length, (list = []));
+    if (list.length < READ_BUFFERS_KEPT) list.push(buffer);
+  }
 }
 
 /**
