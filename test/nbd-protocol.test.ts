@@ -531,6 +531,37 @@ describe('NBD protocol (raw socket)', () => {
       await c.disconnect();
     });
 
+    it('a write payload never carries bytes of an earlier one whose buffer it reuses', async () => {
+      const c = await connect();
+      await c.handshake('disk');
+      // Rounds of writes, each waited for, so each round's payloads get the buffers the round before
+      // gave back: a shrinking size within one power-of-two class, a larger class, back to small.
+      const model = Buffer.alloc(2 * MiB);
+      await c.writeAt(0, model);
+      const rounds = [[262_144, 262_144], [200_000, 131_073], [70_001, 65_536], [1_000_000], [300_000, 100_000, 65_537]];
+      let cookie = 1000;
+      for (const [r, sizes] of rounds.entries()) {
+        const burst: Buffer[] = [];
+        let offset = 4096 * (r + 1) + 3;
+        for (const [i, n] of sizes.entries()) {
+          const data = Buffer.alloc(n, 0x11 * (r + 1) + i);
+          data.copy(model, offset);
+          const h = Buffer.alloc(28);
+          h.writeUInt32BE(C.NBD_REQUEST_MAGIC, 0);
+          h.writeUInt16BE(C.NBD_CMD_WRITE, 6);
+          h.writeBigUInt64BE(BigInt(cookie++), 8);
+          h.writeBigUInt64BE(BigInt(offset), 16);
+          h.writeUInt32BE(n, 24);
+          burst.push(h, data);
+          offset += n + 511;
+        }
+        c.write(Buffer.concat(burst));
+        for (let i = 0; i < sizes.length; i++) assert.equal((await c.readSimpleReply()).error, 0);
+      }
+      assert.ok((await c.readAt(0, model.length)).equals(model), 'the disk holds exactly what was written');
+      await c.disconnect();
+    });
+
     it('answers outstanding requests before closing on NBD_CMD_DISC', async () => {
       const c = await connect();
       await c.handshake('disk');

@@ -17,6 +17,7 @@
 export interface BlockTarget {
   readonly size: number;
   read(offset: number, length: number): Promise<Buffer>;
+  /** `data` is lent: nothing of it may be kept or read once the promise settles (the NBD server reuses the buffer). */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void>;
   trim(offset: number, length: number, fua: boolean): Promise<void>;

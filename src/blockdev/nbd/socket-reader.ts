@@ -59,20 +59,25 @@ export class SocketReader {
    * Returns the next `n` bytes if they have already arrived, otherwise null (and nothing is
    * consumed). Lets the caller parse pipelined requests without a promise per header.
    */
-  tryRead(n: number): Buffer | null {
+  tryRead(n: number, into?: Buffer): Buffer | null {
     if (this.pending || this.buffered < n) return null;
-    return this.take(n);
+    return this.take(n, into);
   }
 
-  /** The next `n` bytes; rejects with ConnectionClosedError if the stream ends first. */
-  read(n: number): Promise<Buffer> {
+  /**
+   * The next `n` bytes; rejects with ConnectionClosedError if the stream ends first. `into` (at
+   * least `n` bytes): where to assemble bytes that must be copied (a payload spread over socket
+   * chunks), instead of a new buffer; the answer is then a view of it, or of a socket chunk when
+   * one holds all `n` bytes.
+   */
+  read(n: number, into?: Buffer): Promise<Buffer> {
     if (this.pending) return Promise.reject(new Error('SocketReader: concurrent read'));
-    if (this.buffered >= n) return Promise.resolve(this.take(n));
+    if (this.buffered >= n) return Promise.resolve(this.take(n, into));
     if (this.closed) return Promise.reject(this.closed);
     return new Promise<Buffer>((resolve, reject) => {
       const pending: PendingRead = { need: n, target: null, filled: 0, resolve, reject };
       if (n >= ASSEMBLE_THRESHOLD) {
-        pending.target = Buffer.allocUnsafe(n);
+        pending.target = into ? into.subarray(0, n) : Buffer.allocUnsafe(n);
         // Move what is already queued into the destination.
         while (this.chunks.length > 0) {
           const chunk = this.chunks[0];
@@ -163,8 +168,8 @@ export class SocketReader {
     this.buffered += chunk.length;
   }
 
-  /** Removes and returns `n` queued bytes (caller checked that they are there). */
-  private take(n: number): Buffer {
+  /** Removes and returns `n` queued bytes (caller checked that they are there), copied into `into` if they must be copied. */
+  private take(n: number, into?: Buffer): Buffer {
     let out: Buffer;
     const head = this.chunks[0];
     if (n === 0) {
@@ -177,7 +182,7 @@ export class SocketReader {
         this.headPos = 0;
       }
     } else {
-      out = Buffer.allocUnsafe(n);
+      out = into ? into.subarray(0, n) : Buffer.allocUnsafe(n);
       let filled = 0;
       while (filled < n) {
         const chunk = this.chunks[0];

@@ -38,6 +38,7 @@ import {
 import { ProtocolError, errnoForTargetError, errorMessage } from './errors.ts';
 import type { NegotiatedExport } from './handshake.ts';
 import { InFlightBudget } from './inflight-budget.ts';
+import { PAYLOAD_POOL_MIN, PayloadBuffers } from './payload-buffers.ts';
 import type { NbdLogFields, NbdLogFn } from './log.ts';
 import { ConnectionClosedError, type SocketReader } from './socket-reader.ts';
 import {
@@ -105,6 +106,7 @@ class TransmissionSession {
   private allSettled: (() => void) | null = null;
   private readonly onSocketClose: () => void;
   private corked = false;
+  private readonly payloads = new PayloadBuffers();
 
   constructor(private readonly ctx: TransmissionContext) {
     this.target = ctx.session.opened.target;
@@ -140,10 +142,17 @@ class TransmissionSession {
         if (wait) await wait;
 
         let payload: Buffer | null = null;
+        let lent: Buffer | null = null;
         if (req.type === NBD_CMD_WRITE) {
-          payload = reader.tryRead(req.length) ?? (await reader.read(req.length));
+          lent = req.length >= PAYLOAD_POOL_MIN ? this.payloads.take(req.length) : null;
+          try {
+            payload = reader.tryRead(req.length, lent ?? undefined) ?? (await reader.read(req.length, lent ?? undefined));
+          } catch (e) {
+            if (lent) this.payloads.give(lent);
+            throw e;
+          }
         }
-        this.start(req, payload, cost);
+        this.start(req, payload, lent, cost);
       }
     } catch (err) {
       if (err instanceof ConnectionClosedError) return 'connection-closed';
@@ -156,22 +165,24 @@ class TransmissionSession {
   }
 
   /** Runs one request in the background; its reply is written when it completes. */
-  private start(req: NbdRequest, payload: Buffer | null, cost: number): void {
+  private start(req: NbdRequest, payload: Buffer | null, lent: Buffer | null, cost: number): void {
     this.runningOps++;
-    this.runOne(req, payload, cost).catch((err: unknown) => {
+    this.runOne(req, payload, lent, cost).catch((err: unknown) => {
       // Only reachable through a bug in reply encoding; never let it become an unhandled rejection.
       this.ctx.log('error', 'nbd reply failed', { ...this.ctx.fields, error: errorMessage(err) });
       this.ctx.socket.destroy();
     });
   }
 
-  private async runOne(req: NbdRequest, payload: Buffer | null, cost: number): Promise<void> {
+  private async runOne(req: NbdRequest, payload: Buffer | null, lent: Buffer | null, cost: number): Promise<void> {
     let reply: Reply;
     try {
       reply = await this.execute(req, payload);
     } catch (err) {
       reply = this.errorReply(req, err);
     } finally {
+      // The target has the bytes (BlockTarget.write keeps nothing of them once it settles).
+      if (lent) this.payloads.give(lent);
       this.runningOps--;
       if (this.runningOps === 0 && this.allSettled) {
         this.allSettled();
