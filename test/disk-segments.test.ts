@@ -88,6 +88,20 @@ test('flush fdatasyncs exactly the segments written since the last flush and fsy
   await image.close();
 });
 
+test('flushRange fdatasyncs only the dirty segments of its range; the others stay dirty for the next flush', async () => {
+  const seg = 64 * 1024;
+  const { image, segDir } = await freshImage('flush-range', 8 * seg, seg);
+  for (const k of [0, 2, 3, 6]) await image.write(Buffer.alloc(100, k + 1), k * seg + 10);
+  // [2 seg - 1, 4 seg): touches segments 1 (not dirty), 2 and 3; a new segment also syncs the directory.
+  const ranged = await recordSyncs(() => image.flushRange(2 * seg - 1, 2 * seg + 1));
+  assert.deepEqual(ranged.datasync.sort(), [join(segDir, segmentName(2)), join(segDir, segmentName(3))]);
+  assert.deepEqual(ranged.sync, [segDir]);
+  const rest = await recordSyncs(() => image.flush());
+  assert.deepEqual(rest.datasync.sort(), [join(segDir, segmentName(0)), join(segDir, segmentName(6))], 'what the range left out, the next flush syncs');
+  assert.deepEqual(rest.sync, []);
+  await image.close();
+});
+
 test('the handle LRU stays bounded; an evicted dirty segment is fdatasynced before it is closed, so flush still covers it', async () => {
   const seg = 64 * 1024;
   const { image, segDir } = await freshImage('lru', 20 * seg, seg, 4);

@@ -133,7 +133,8 @@ export class Disk implements BlockTarget {
           await this.writeFile(Buffer.alloc(this.chunkLength(i)), i * this.chunkSize);
           zeroed = true;
         }
-        if (zeroed) await this.flush();
+        // Durable before the map says "data": the zeroed chunks' segments, not the whole disk.
+        if (zeroed) await this.flushRange(first * this.chunkSize, (last - first) * this.chunkSize + this.chunkLength(last));
         await this.map.recordWrite(first, last, 'data');
         await this.writeFile(data, offset);
       });
@@ -178,6 +179,14 @@ export class Disk implements BlockTarget {
   async flush(): Promise<void> {
     try {
       await this.image.flush();
+    } catch (e) {
+      throw new BlockIoError(`flush failed: ${(e as Error).message}`);
+    }
+  }
+
+  private async flushRange(position: number, length: number): Promise<void> {
+    try {
+      await this.image.flushRange(position, length);
     } catch (e) {
       throw new BlockIoError(`flush failed: ${(e as Error).message}`);
     }

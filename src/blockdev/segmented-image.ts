@@ -280,7 +280,26 @@ export class SegmentedImage {
     const failure = this.evictionFailure;
     this.evictionFailure = null;
     if (failure) throw failure;
-    const dirty = [...this.slots].filter(([, s]) => s.dirty);
+    await this.syncSegments(() => true);
+  }
+
+  /**
+   * Makes the writes to [position, position + length) durable: `flush` for the segments that
+   * range touches only (a write that must land durably before another may start, DISK-1's zeros,
+   * need not wait for every other dirty segment of the disk). A failed eviction is reported here
+   * and kept for the next `flush` too: it may hold bytes of this range.
+   */
+  async flushRange(position: number, length: number): Promise<void> {
+    await Promise.all([...this.evictions]);
+    if (this.evictionFailure) throw this.evictionFailure;
+    const keys = new Set<number>();
+    for (const p of this.pieces(position, length)) keys.add(p.key);
+    await this.syncSegments((key) => keys.has(key));
+  }
+
+  /** Datasyncs the dirty open segments `which` selects, then the segment directory if a segment was created since. */
+  private async syncSegments(which: (key: number) => boolean): Promise<void> {
+    const dirty = [...this.slots].filter(([key, s]) => s.dirty && which(key));
     await Promise.all(
       dirty.map(([key, slot]) => {
         slot.dirty = false; // a write landing during the sync marks it again for the next flush
