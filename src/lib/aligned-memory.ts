@@ -36,3 +36,26 @@ export function alignedSharedMemory(bytes: number): SharedArrayBuffer {
 export function isDirectIoReady(buf: Buffer): boolean {
   return aligned.has(buf.buffer) && buf.byteOffset % DIRECT_IO_ALIGN === 0 && buf.length % DIRECT_IO_ALIGN === 0 && buf.length > 0;
 }
+
+/**
+ * Chunk-sized buffers of aligned shared memory, reused by size. A fresh one per chunk costs more
+ * than the work done in it: WebAssembly memory is freed only by a full collection, and until one
+ * comes every buffer dropped stays resident. At most `keep` free buffers of each size are kept
+ * (beyond that a buffer is left to the collector); give back only a buffer nothing reads any more,
+ * whole, as `take` answered it.
+ */
+export class AlignedBufferPool {
+  private readonly free = new Map<number, Buffer[]>();
+
+  constructor(private readonly keep: number) {}
+
+  take(size: number): Buffer {
+    return this.free.get(size)?.pop() ?? Buffer.from(alignedSharedMemory(size), 0, size);
+  }
+
+  give(buffer: Buffer): void {
+    let list = this.free.get(buffer.length);
+    if (!list) this.free.set(buffer.length, (list = []));
+    if (list.length < this.keep) list.push(buffer);
+  }
+}

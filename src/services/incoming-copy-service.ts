@@ -23,7 +23,7 @@ import { createRequire } from 'node:module';
 import { ChunkIntegrityError, ChunkNotFoundError, ChunksLostError, type ChunkWriter } from '../chunkstore/chunk-store.ts';
 import { ApiError } from '../domain/errors.ts';
 import type { Snapshot } from '../domain/snapshot.ts';
-import { alignedSharedMemory } from '../lib/aligned-memory.ts';
+import { AlignedBufferPool } from '../lib/aligned-memory.ts';
 import type { Counter, MetricsRegistry } from '../lib/metrics.ts';
 import { Manifest } from '../repository/manifest.ts';
 import { MANIFEST_MAX_PARTS, MANIFEST_PART_MAX_BYTES, type ReserveRequest } from '../replication/peer-client.ts';
@@ -102,26 +102,28 @@ export interface BodyLease {
  * collector.
  */
 class BufferPool {
-  private readonly free: SharedArrayBuffer[] = [];
+  private readonly buffers: AlignedBufferPool;
 
   constructor(
     readonly size: number,
-    private readonly keep: number,
-  ) {}
+    keep: number,
+  ) {
+    this.buffers = new AlignedBufferPool(keep);
+  }
 
   lease(length: number): BodyLease {
     if (length > this.size) {
       const buffer = Buffer.allocUnsafeSlow(length);
       return { buffer, release: () => undefined };
     }
-    const slab = this.free.pop() ?? alignedSharedMemory(this.size);
+    const whole = this.buffers.take(this.size);
     let held = true;
     return {
-      buffer: Buffer.from(slab, 0, length),
+      buffer: whole.subarray(0, length),
       release: () => {
         if (!held) return;
         held = false;
-        if (this.free.length < this.keep) this.free.push(slab);
+        this.buffers.give(whole);
       },
     };
   }
