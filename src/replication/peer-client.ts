@@ -2,9 +2,9 @@
  * The source side of region-to-region replication: calls to one destination region's internal
  * endpoints (docs/design.md "Remote copy" has the protocol), signed with the regions' service
  * credential, over keep-alive connections: chunk uploads on node:http connections of their own,
- * sent by a thread of their own (ChunkUploader, upload-thread.ts), manifest parts and the small control calls (reserve, missing, manifest, progress,
- * commit) on two undici pools, so a keep-alive or a "which do you lack" never waits behind bulk
- * uploads.
+ * sent by a thread of their own (ChunkUploader, upload-thread.ts); manifest parts and the small
+ * control calls (reserve, missing, manifest, progress, commit) on two undici pools, so a keep-alive
+ * or a "which do you lack" never waits behind bulk uploads.
  *
  * Every body (and every PUT or POST without one) carries its SHA-256 in a signed
  * `x-bce-content-sha256` (BceClient's default); the destination requires it and refuses bytes that
