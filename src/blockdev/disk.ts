@@ -177,16 +177,17 @@ export class Disk implements BlockTarget {
   }
 
   async flush(): Promise<void> {
-    try {
-      await this.image.flush();
-    } catch (e) {
-      throw new BlockIoError(`flush failed: ${(e as Error).message}`);
-    }
+    await this.flushing(() => this.image.flush());
   }
 
   private async flushRange(position: number, length: number): Promise<void> {
+    await this.flushing(() => this.image.flushRange(position, length));
+  }
+
+  /** A flush of the image, failed as a block I/O error (what a client is told: EIO). */
+  private async flushing(sync: () => Promise<void>): Promise<void> {
     try {
-      await this.image.flushRange(position, length);
+      await sync();
     } catch (e) {
       throw new BlockIoError(`flush failed: ${(e as Error).message}`);
     }

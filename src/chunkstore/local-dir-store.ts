@@ -506,8 +506,9 @@ export class LocalDirChunkStore implements ChunkStore {
    * O_DIRECT (EINVAL: tmpfs, some FUSE) gets buffered writes from then on.
    */
   private async writeNewFile(path: string, data: Buffer): Promise<void> {
-    const opened = await openPerhapsDirect(path, WRITE_NEW, this.directWrites && isDirectIoReady(data));
-    if (!opened.direct) this.directWrites &&= !opened.refused;
+    const wantDirect = this.directWrites && isDirectIoReady(data);
+    const opened = await openPerhapsDirect(path, WRITE_NEW, wantDirect);
+    if (wantDirect && !opened.direct) this.directWrites = false; // no O_DIRECT on this file system
     let fd = opened.fd;
     let direct = opened.direct;
     try {
@@ -572,8 +573,9 @@ export class LocalDirChunkStore implements ChunkStore {
 
   /** `readWhole` into `into`; O_DIRECT when `into` is page-aligned (the file's tail past the last full block then reads buffered). */
   private async readWholeInto(path: string, into: Buffer): Promise<number> {
-    const opened = await openPerhapsDirect(path, fsConstants.O_RDONLY, this.directReads && isDirectIoReady(into));
-    if (!opened.direct) this.directReads &&= !opened.refused; // no O_DIRECT on this file system
+    const wantDirect = this.directReads && isDirectIoReady(into);
+    const opened = await openPerhapsDirect(path, fsConstants.O_RDONLY, wantDirect);
+    if (wantDirect && !opened.direct) this.directReads = false; // no O_DIRECT on this file system
     let fd = opened.fd;
     try {
       await this.hook('read', path);
@@ -693,16 +695,16 @@ async function fsyncDir(path: string): Promise<void> {
 
 /**
  * Opens `path` with `flags`, plus O_DIRECT when `direct` is asked for; a file system that refuses
- * O_DIRECT (EINVAL: tmpfs, some FUSE) gets the plain open, and `refused` says so, so the caller
- * stops asking. `direct` in the answer: whether the descriptor has O_DIRECT.
+ * O_DIRECT (EINVAL: tmpfs, some FUSE) gets the plain open. `direct` in the answer: whether the
+ * descriptor has O_DIRECT (asked for and not: refused, so the caller stops asking).
  */
-async function openPerhapsDirect(path: string, flags: number, direct: boolean): Promise<{ fd: number; direct: boolean; refused: boolean }> {
-  if (!direct) return { fd: await openFd(path, flags), direct: false, refused: false };
+async function openPerhapsDirect(path: string, flags: number, direct: boolean): Promise<{ fd: number; direct: boolean }> {
+  if (!direct) return { fd: await openFd(path, flags), direct: false };
   try {
-    return { fd: await openFd(path, flags | O_DIRECT), direct: true, refused: false };
+    return { fd: await openFd(path, flags | O_DIRECT), direct: true };
   } catch (err) {
     if (!isCode(err, 'EINVAL')) throw err;
-    return { fd: await openFd(path, flags), direct: false, refused: true };
+    return { fd: await openFd(path, flags), direct: false };
   }
 }
 
