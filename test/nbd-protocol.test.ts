@@ -47,6 +47,8 @@ describe('NBD protocol (raw socket)', () => {
       { name: 'disk', size: DISK_SIZE, description: 'the test disk', hooks },
       { name: 'ro', size: MiB, readOnly: true },
       { name: 'broken', size: MiB },
+      // Written whole by one test, so the others' allocation (block status) stays as they made it.
+      { name: 'wide', size: DISK_SIZE },
     ]);
     ts.provider.setUnavailable('broken', 'disk is being restored from a snapshot');
   });
@@ -54,7 +56,7 @@ describe('NBD protocol (raw socket)', () => {
   afterEach(async () => {
     for (const c of clients.splice(0)) c.destroy();
     hooks.beforeIo = undefined;
-    for (const name of ['disk', 'ro']) await ts.provider.waitUntilReleased(name);
+    for (const name of ['disk', 'ro', 'wide']) await ts.provider.waitUntilReleased(name);
   });
 
   after(async () => {
@@ -110,7 +112,7 @@ describe('NBD protocol (raw socket)', () => {
       const names = replies
         .filter((x) => x.type === C.NBD_REP_SERVER)
         .map((x) => x.data.subarray(4, 4 + x.data.readUInt32BE(0)).toString());
-      assert.deepEqual(names, ['disk', 'ro', 'broken']);
+      assert.deepEqual(names, ['disk', 'ro', 'broken', 'wide']);
       const disk = replies.find((x) => x.type === C.NBD_REP_SERVER && x.data.includes(Buffer.from('the test disk')));
       assert.ok(disk, 'description is sent after the name');
     });
@@ -559,6 +561,47 @@ describe('NBD protocol (raw socket)', () => {
         for (let i = 0; i < sizes.length; i++) assert.equal((await c.readSimpleReply()).error, 0);
       }
       assert.ok((await c.readAt(0, model.length)).equals(model), 'the disk holds exactly what was written');
+      await c.disconnect();
+    });
+
+    it('a read reply keeps its bytes while it waits in the socket queue, though later reads reuse buffers', async () => {
+      const c = await connect();
+      await c.handshake('wide');
+      const model = pseudoRandom(DISK_SIZE, 77);
+      await c.writeAt(0, model);
+      // Two waves of reads, no reply read until both were answered. The first wave's replies (more
+      // than loopback's socket buffers hold: up to 32 MiB received, 4 MiB sent here) wait in the server's socket queue while the second
+      // wave reads other bytes into pooled buffers: a buffer given back before the socket took its
+      // reply would be refilled by the second wave, and the first wave's reply would carry its bytes.
+      const sizes = [1_000_000, 1_048_576, 262_144, 700_001];
+      const reads = Array.from({ length: 128 }, (_, i) => {
+        const length = sizes[i % sizes.length]!;
+        return { offset: ((i < 64 ? 0 : 1_500_007) + i * 4099) % (DISK_SIZE - length), length };
+      });
+      const send = (first: number, count: number): void => {
+        c.write(Buffer.concat(reads.slice(first, first + count).map((r, k) => {
+          const h = Buffer.alloc(28);
+          h.writeUInt32BE(C.NBD_REQUEST_MAGIC, 0);
+          h.writeUInt16BE(C.NBD_CMD_READ, 6);
+          h.writeBigUInt64BE(BigInt(first + k), 8);
+          h.writeBigUInt64BE(BigInt(r.offset), 16);
+          h.writeUInt32BE(r.length, 24);
+          return h;
+        })));
+      };
+      c.socket.pause(); // nothing read from here on: the server's replies back up into its queue
+      send(0, 64);
+      await new Promise((r) => setTimeout(r, 300));
+      send(64, 64);
+      await new Promise((r) => setTimeout(r, 300));
+      c.socket.resume();
+      for (let i = 0; i < reads.length; i++) {
+        const r = await c.readReply((cookie) => reads[Number(cookie)]!.length);
+        assert.equal(r.kind === 'simple' && r.error, 0);
+        if (r.kind !== 'simple') return;
+        const { offset, length } = reads[Number(r.cookie)]!;
+        assert.ok(r.data!.equals(model.subarray(offset, offset + length)), `read ${r.cookie} at ${offset}+${length}`);
+      }
       await c.disconnect();
     });
 

@@ -16,7 +16,12 @@
  */
 export interface BlockTarget {
   readonly size: number;
-  read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * `into`, when given (at least `length` bytes, the caller's): the bytes are read into its first
+   * `length` bytes and the answer is that view (the NBD server reuses its read buffers). Once the
+   * promise settles, resolved or rejected, nothing writes into `into` any more.
+   */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
   /** `data` is lent: nothing of it may be kept or read once the promise settles (the NBD server reuses the buffer). */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void>;

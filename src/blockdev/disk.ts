@@ -86,9 +86,10 @@ export class Disk implements BlockTarget {
     return Math.min(this.chunkSize, this.size - index * this.chunkSize);
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     this.checkRange(offset, length);
-    const out = Buffer.allocUnsafe(length);
+    if (into && into.length < length) throw new RangeError(`a buffer of ${into.length} bytes cannot hold a read of ${length}`);
+    const out = into ? into.subarray(0, length) : Buffer.allocUnsafe(length);
     // Runs of allocated chunks are read with one call; the rest reads as zeros without touching the file.
     let pos = offset;
     while (pos < offset + length) {

@@ -81,11 +81,11 @@ export class FileBlockTarget implements BlockTarget {
     private readonly hooks: TargetHooks = {},
   ) {}
 
-  async read(offset: number, length: number): Promise<Buffer> {
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     this.check(offset, length);
     this.stats.reads++;
     await this.hooks.beforeIo?.('read', offset, length);
-    const buf = Buffer.allocUnsafe(length);
+    const buf = into ? into.subarray(0, length) : Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
       const { bytesRead } = await this.io(() => this.fh.read(buf, done, length - done, offset + done));

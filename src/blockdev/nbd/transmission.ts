@@ -175,11 +175,16 @@ class TransmissionSession {
   }
 
   private async runOne(req: NbdRequest, payload: Buffer | null, lent: Buffer | null, cost: number): Promise<void> {
+    // A READ's data is read into a reused buffer, given back once the socket has taken the reply.
+    let readInto = req.type === NBD_CMD_READ && req.length >= PAYLOAD_POOL_MIN && req.length <= MAX_PAYLOAD_SIZE ? this.payloads.take(req.length) : null;
     let reply: Reply;
     try {
-      reply = await this.execute(req, payload);
+      reply = await this.execute(req, payload, readInto);
     } catch (err) {
       reply = this.errorReply(req, err);
+      // Nothing of it is sent, and the target writes nothing into it once its read settled.
+      if (readInto) this.payloads.give(readInto);
+      readInto = null;
     } finally {
       // The target has the bytes (BlockTarget.write keeps nothing of them once it settles).
       if (lent) this.payloads.give(lent);
@@ -189,7 +194,7 @@ class TransmissionSession {
         this.allSettled = null;
       }
     }
-    this.send(reply, cost);
+    this.send(reply, cost, readInto);
   }
 
   private settled(): Promise<void> {
@@ -199,7 +204,8 @@ class TransmissionSession {
     });
   }
 
-  private async execute(req: NbdRequest, payload: Buffer | null): Promise<Reply> {
+  /** `readInto`: a READ's buffer (null: a fresh one). */
+  private async execute(req: NbdRequest, payload: Buffer | null, readInto: Buffer | null): Promise<Reply> {
     const { target } = this;
     const fua = (req.flags & NBD_CMD_FLAG_FUA) !== 0;
     switch (req.type) {
@@ -210,7 +216,7 @@ class TransmissionSession {
           throw new NbdRequestError(this.structured ? NBD_EOVERFLOW : NBD_EINVAL, 'read length exceeds maximum payload');
         }
         if (req.length === 0) return this.structured ? [encodeNoneChunk(req)] : [encodeSimpleReply(0, req)];
-        const data = await target.read(req.offset, req.length);
+        const data = await target.read(req.offset, req.length, readInto ?? undefined);
         if (!Buffer.isBuffer(data) || data.length !== req.length) {
           throw new NbdRequestError(NBD_EIO, 'backend returned a short read');
         }
@@ -315,15 +321,17 @@ class TransmissionSession {
   }
 
   /**
-   * Writes a whole reply and returns its budget once the data has been handed to the kernel.
-   * Replies completing in the same event-loop turn are coalesced: the socket stays corked until
-   * setImmediate, so a burst of completions leaves in one writev instead of one syscall (and one
-   * client wake-up) each.
+   * Writes a whole reply and returns its budget, and `readBuffer` (the reply's data is a view of
+   * it) to the pool, once the data has been handed to the kernel: not before, since until then the
+   * socket's queue holds the buffer itself, not a copy. Replies completing in the same event-loop
+   * turn are coalesced: the socket stays corked until setImmediate, so a burst of completions
+   * leaves in one writev instead of one syscall (and one client wake-up) each.
    */
-  private send(reply: Reply, cost: number): void {
+  private send(reply: Reply, cost: number, readBuffer: Buffer | null): void {
     const { socket } = this.ctx;
     if (socket.destroyed || socket.writableEnded) {
       this.budget.release(cost);
+      if (readBuffer) this.payloads.give(readBuffer);
       return;
     }
     if (!this.corked) {
@@ -333,7 +341,10 @@ class TransmissionSession {
     }
     const last = reply.length - 1;
     for (let i = 0; i < last; i++) socket.write(reply[i]);
-    socket.write(reply[last], () => this.budget.release(cost));
+    socket.write(reply[last], () => {
+      this.budget.release(cost);
+      if (readBuffer) this.payloads.give(readBuffer);
+    });
   }
 
   private readonly uncork = (): void => {
