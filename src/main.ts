@@ -367,6 +367,7 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
 export async function startServer(config: ServeConfig, out: NodeJS.WritableStream = process.stdout): Promise<RunningServer> {
   const releaseLocks = lockDataDir(config);
   const hasher = new Sha256Pool();
+  hasher.warm(); // started while the regions open, not by the first snapshot or copy
   const running: Array<BuiltRegion & { url: string; nbd: NbdServer | null }> = [];
   const closeAll = async (): Promise<void> => {
     // Block clients first (their disks go back to Available), then HTTP, jobs and stores.

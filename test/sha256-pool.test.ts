@@ -130,6 +130,30 @@ describe('Sha256Pool', () => {
     });
   }
 
+  it('warm() starts the workers before any hash; a warmed, idle, forgotten pool does not keep the process alive', () => {
+    const code = `
+      const pool = new Sha256Pool({ size: 2, inlineBelow: 0 });
+      pool.warm();
+      pool.warm(); // idempotent: still two workers
+      console.log(pool.workers.length);
+      await new Promise((r) => setTimeout(r, 200));
+      console.log(await pool.hash(Buffer.alloc(1 << 20, 3)));
+      // no close()
+    `;
+    const r = runChild(code, 'import');
+    assert.equal(r.signal, null, `child timed out (hung?): ${r.stderr}`);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(r.stdout.trim().split('\n'), ['2', ref(Buffer.alloc(1 << 20, 3))]);
+  });
+
+  it('warm() after close() starts nothing', async () => {
+    const p = new Sha256Pool({ size: 2 });
+    await p.close();
+    p.warm();
+    assert.equal((p as unknown as { workers: unknown[] }).workers.length, 0);
+    await assert.rejects(p.hash(Buffer.alloc(1 << 20)), Sha256PoolClosedError);
+  });
+
   it('a pending hash keeps the process alive until it resolves', () => {
     const code = `
       const pool = new Sha256Pool({ inlineBelow: 0 });
