@@ -50,7 +50,8 @@ import * as C from '../src/blockdev/nbd/constants.ts';
 import { nbdPskKey, startNbdServer, type NbdServer } from '../src/blockdev/nbd/index.ts';
 import { FileExportProvider } from './helpers/file-block-target.ts';
 import { pseudoRandom, waitFor, type LogEntry } from './helpers/nbd-harness.ts';
-import { ArrivalSignal, RawNbdClient } from './helpers/nbd-raw-client.ts';
+import { ArrivalSignal, ByteQueue } from './helpers/byte-queue.ts';
+import { RawNbdClient } from './helpers/nbd-raw-client.ts';
 import { keysOf } from './helpers/nbd-tls.ts';
 
 const KiB = 1024;
@@ -214,13 +215,12 @@ class WireEnded extends Error {
 const openWires = new Set<Wire>();
 
 /**
- * A client socket with exact-length reads that copy only what they hand out (a 32 MiB reply arrives
- * in hundreds of pieces; concatenating on every piece, as RawNbdClient does, would copy gigabytes).
+ * The fuzz's client socket: exact-length reads (helpers/byte-queue.ts), an in-place TLS upgrade,
+ * and WireEnded when the server ends the connection (the fuzz tells an expected hang-up apart from
+ * a hang). RawNbdClient speaks the protocol; this only moves bytes the fuzz encodes itself.
  */
 class Wire {
-  private chunks: Buffer[] = [];
-  private head = 0;
-  private queued = 0;
+  private readonly received = new ByteQueue();
   private readonly arrival = new ArrivalSignal();
   /** The server sent FIN or the socket closed. */
   ended = false;
@@ -244,8 +244,7 @@ class Wire {
   }
 
   private readonly onData = (d: Buffer): void => {
-    this.chunks.push(d);
-    this.queued += d.length;
+    this.received.push(d);
     this.arrival.notify();
   };
 
@@ -263,7 +262,7 @@ class Wire {
 
   /** After NBD_REP_ACK to STARTTLS: a TLS 1.3 PSK session on the same socket, which this wire then speaks through. */
   async upgradeTls(identity: string, key: Buffer): Promise<void> {
-    assert.equal(this.queued, 0, 'bytes after the STARTTLS ACK');
+    assert.equal(this.received.length, 0, 'bytes after the STARTTLS ACK');
     this.raw.off('data', this.onData);
     this.raw.off('end', this.onEnd);
     this.raw.off('close', this.onEnd);
@@ -277,7 +276,7 @@ class Wire {
   }
 
   get pending(): number {
-    return this.queued;
+    return this.received.length;
   }
 
   write(data: Buffer): void {
@@ -296,34 +295,25 @@ class Wire {
   /** Exactly n bytes; WireEnded if the connection ends first, an error if nothing comes in time. */
   async read(n: number, timeoutMs = IO_TIMEOUT_MS): Promise<Buffer> {
     const deadline = Date.now() + timeoutMs;
-    while (this.queued < n) {
-      if (this.ended) throw new WireEnded(`connection ended with ${this.queued} of ${n} bytes`);
+    while (this.received.length < n) {
+      if (this.ended) throw new WireEnded(`connection ended with ${this.received.length} of ${n} bytes`);
       const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`server hung: no reply within ${timeoutMs} ms (waiting for ${n} bytes, have ${this.queued})`);
+      if (left <= 0) throw new Error(`server hung: no reply within ${timeoutMs} ms (waiting for ${n} bytes, have ${this.received.length})`);
       await this.arrival.wait(left);
     }
-    return this.take(n);
+    return this.received.take(n);
   }
 
   /** Exactly n bytes into `target` at `at`, copied once (the whole-export reads). */
   async readInto(target: Buffer, at: number, n: number, timeoutMs = IO_TIMEOUT_MS): Promise<void> {
     let filled = 0;
     while (filled < n) {
-      if (this.queued === 0) {
+      if (this.received.length === 0) {
         (await this.read(1, timeoutMs)).copy(target, at + filled);
         filled++;
         continue;
       }
-      const c = this.chunks[0]!;
-      const k = Math.min(c.length - this.head, n - filled);
-      c.copy(target, at + filled, this.head, this.head + k);
-      filled += k;
-      this.head += k;
-      this.queued -= k;
-      if (this.head === c.length) {
-        this.chunks.shift();
-        this.head = 0;
-      }
+      filled += this.received.takeInto(target, at + filled, n - filled);
     }
   }
 
@@ -336,35 +326,6 @@ class Wire {
       await this.arrival.wait(left);
     }
     return true;
-  }
-
-  private take(n: number): Buffer {
-    if (n === 0) return Buffer.alloc(0);
-    const first = this.chunks[0]!;
-    this.queued -= n;
-    if (first.length - this.head >= n) {
-      const out = first.subarray(this.head, this.head + n);
-      this.head += n;
-      if (this.head === first.length) {
-        this.chunks.shift();
-        this.head = 0;
-      }
-      return out;
-    }
-    const out = Buffer.allocUnsafe(n);
-    let filled = 0;
-    while (filled < n) {
-      const c = this.chunks[0]!;
-      const k = Math.min(c.length - this.head, n - filled);
-      c.copy(out, filled, this.head, this.head + k);
-      filled += k;
-      this.head += k;
-      if (this.head === c.length) {
-        this.chunks.shift();
-        this.head = 0;
-      }
-    }
-    return out;
   }
 }
 

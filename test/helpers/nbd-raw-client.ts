@@ -5,6 +5,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import * as C from '../../src/blockdev/nbd/constants.ts';
+import { ArrivalSignal, ByteQueue } from './byte-queue.ts';
 
 export interface OptionReply {
   option: number;
@@ -28,38 +29,15 @@ export interface StructuredChunk {
   payload: Buffer;
 }
 
-/**
- * "Something arrived" for a client reading a socket: `wait(ms)` resolves at the next `notify()` (bytes
- * or the end of the connection) or after `ms`, whichever comes first; the caller then looks again.
- */
-export class ArrivalSignal {
-  private waiter: (() => void) | null = null;
-
-  async wait(ms: number): Promise<void> {
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, ms);
-      this.waiter = () => {
-        clearTimeout(t);
-        resolve();
-      };
-    });
-    this.waiter = null;
-  }
-
-  notify(): void {
-    this.waiter?.();
-  }
-}
-
 export class RawNbdClient {
-  private buf: Buffer = Buffer.alloc(0);
+  private readonly received = new ByteQueue();
   private readonly arrival = new ArrivalSignal();
   private ended = false;
   readonly closed: Promise<void>;
 
   private constructor(readonly socket: net.Socket) {
     socket.on('data', (d: Buffer) => {
-      this.buf = this.buf.length === 0 ? d : Buffer.concat([this.buf, d]);
+      this.received.push(d);
       this.wake();
     });
     socket.on('error', () => {});
@@ -94,7 +72,7 @@ export class RawNbdClient {
     this.sendOption(C.NBD_OPT_STARTTLS);
     const r = await this.readOptionReply();
     if (r.type !== C.NBD_REP_ACK) throw Object.assign(new Error(`STARTTLS refused: 0x${r.type.toString(16)} ${r.data.toString()}`), { refused: r.type });
-    if (this.buf.length > 0) throw new Error('bytes after the STARTTLS ACK');
+    if (this.received.length > 0) throw new Error('bytes after the STARTTLS ACK');
     const socket = tls.connect({
       socket: this.socket,
       minVersion: 'TLSv1.3',
@@ -119,15 +97,13 @@ export class RawNbdClient {
   /** Reads exactly n bytes; rejects if the connection ends first or nothing arrives in time. */
   async read(n: number, timeoutMs = 5000): Promise<Buffer> {
     const deadline = Date.now() + timeoutMs;
-    while (this.buf.length < n) {
-      if (this.ended) throw new Error(`connection ended with ${this.buf.length}/${n} bytes`);
+    while (this.received.length < n) {
+      if (this.ended) throw new Error(`connection ended with ${this.received.length}/${n} bytes`);
       const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timed out reading ${n} bytes (have ${this.buf.length})`);
+      if (left <= 0) throw new Error(`timed out reading ${n} bytes (have ${this.received.length})`);
       await this.arrival.wait(left);
     }
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
+    return this.received.take(n);
   }
 
   /** Resolves true if the server closes the connection within the timeout (unread bytes are dropped). */
@@ -145,7 +121,7 @@ export class RawNbdClient {
   }
 
   get pendingBytes(): number {
-    return this.buf.length;
+    return this.received.length;
   }
 
   private wake(): void {
