@@ -30,7 +30,7 @@ import { constants } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DIRECT_IO_ALIGN } from '../lib/aligned-memory.ts';
-import { closeFd, openFd, readFd } from '../lib/raw-fd.ts';
+import { closeFd, O_DIRECT, openPerhapsDirect, readFd } from '../lib/raw-fd.ts';
 import { ReadPathChooser } from './read-path.ts';
 
 export const SEGMENT_BYTES = 1 << 30;
@@ -38,8 +38,6 @@ export const LAYOUT_VERSION = 2;
 const LAYOUT_FORMAT = 'snapferry-disk-layout';
 const LAYOUT_FILE = 'layout.json';
 const LEGACY_KEY = -1;
-/** O_DIRECT where the platform has it (Linux), else 0: readDirect then reads through the page cache. */
-const DIRECT_FLAG: number = (constants as Record<string, number>).O_DIRECT ?? 0;
 
 function isAligned(at: number, length: number, position: number): boolean {
   return at % DIRECT_IO_ALIGN === 0 && length % DIRECT_IO_ALIGN === 0 && position % DIRECT_IO_ALIGN === 0;
@@ -135,7 +133,7 @@ export class SegmentedImage {
   private readonly evictions = new Set<Promise<void>>();
   private dirCreatedSinceFlush = false;
   /** False once the file system refused O_DIRECT (readDirect then reads through the page cache). */
-  private directReads = DIRECT_FLAG !== 0;
+  private directReads = O_DIRECT !== 0;
   /** How `readOnce` reads: through the page cache or past it. */
   private readonly onceReads = new ReadPathChooser();
   /** A failure of a background eviction's fdatasync, reported by the next flush. */
@@ -227,14 +225,18 @@ export class SegmentedImage {
   /** Bytes of one piece read directly (from 0: the rest, if any, is for the buffered path). */
   private async readPieceDirect(key: number, buf: Buffer, at: number, length: number, filePosition: number): Promise<number> {
     const path = key === LEGACY_KEY ? this.legacyPath! : join(this.segmentDir, segmentName(key));
-    let fd: number;
+    let opened: { fd: number; direct: boolean };
     try {
-      fd = await openFd(path, constants.O_RDONLY | DIRECT_FLAG);
+      opened = await openPerhapsDirect(path, constants.O_RDONLY, true);
     } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'EINVAL') this.directReads = false; // no O_DIRECT here: never try again
-      if (code === 'EINVAL' || code === 'ENOENT') return 0; // the buffered path decides (a missing segment reads as zeros)
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 0; // the buffered path decides: a missing segment reads as zeros
       throw e;
+    }
+    const fd = opened.fd;
+    if (!opened.direct) {
+      closeFd(fd);
+      this.directReads = false; // no O_DIRECT on this file system: never try again
+      return 0; // the buffered path reads it all
     }
     try {
       let done = 0;

@@ -36,7 +36,7 @@
 import { DIRECT_IO_ALIGN, isDirectIoReady } from '../lib/aligned-memory.ts';
 import { KeyedMutex } from '../lib/keyed-mutex.ts';
 import { mapLimit } from '../lib/map-limit.ts';
-import { closeFd, fsyncFd, fstatSizeSync, openFd, readFd, writeFd } from '../lib/raw-fd.ts';
+import { closeFd, fsyncFd, fstatSizeSync, O_DIRECT, openFd, openPerhapsDirect, readFd, writeFd } from '../lib/raw-fd.ts';
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import * as fsp from 'node:fs/promises';
@@ -86,8 +86,6 @@ interface Pending {
 
 const HEX = '0123456789abcdef';
 const ID_RE = /^[0-9a-f]{64}$/;
-/** Past the page cache; 0 where the platform has no O_DIRECT (then never tried). */
-const O_DIRECT: number = (fsConstants as Record<string, number>).O_DIRECT ?? 0;
 /** A new temp file: created, never an existing one. */
 const WRITE_NEW = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL;
 
@@ -690,21 +688,6 @@ async function fsyncDir(path: string): Promise<void> {
     await fsyncFd(fd);
   } finally {
     closeFd(fd);
-  }
-}
-
-/**
- * Opens `path` with `flags`, plus O_DIRECT when `direct` is asked for; a file system that refuses
- * O_DIRECT (EINVAL: tmpfs, some FUSE) gets the plain open. `direct` in the answer: whether the
- * descriptor has O_DIRECT (asked for and not: refused, so the caller stops asking).
- */
-async function openPerhapsDirect(path: string, flags: number, direct: boolean): Promise<{ fd: number; direct: boolean }> {
-  if (!direct) return { fd: await openFd(path, flags), direct: false };
-  try {
-    return { fd: await openFd(path, flags | O_DIRECT), direct: true };
-  } catch (err) {
-    if (!isCode(err, 'EINVAL')) throw err;
-    return { fd: await openFd(path, flags), direct: false };
   }
 }
 

@@ -45,3 +45,21 @@ export function closeFd(fd: number): void {
 export function fstatSizeSync(fd: number): number {
   return fs.fstatSync(fd).size;
 }
+
+/** O_DIRECT where the platform has it (Linux), else 0: then nothing is ever opened past the page cache. */
+export const O_DIRECT: number = (fs.constants as Record<string, number>).O_DIRECT ?? 0;
+
+/**
+ * Opens `path` with `flags`, plus O_DIRECT when `direct` is asked for and the platform has it; a
+ * file system that refuses O_DIRECT (EINVAL: tmpfs, some FUSE) gets the plain open. `direct` in the
+ * answer: whether the descriptor has O_DIRECT (asked for and not: refused, so the caller stops asking).
+ */
+export async function openPerhapsDirect(path: string, flags: number, direct: boolean): Promise<{ fd: number; direct: boolean }> {
+  if (!direct || O_DIRECT === 0) return { fd: await openFd(path, flags), direct: false };
+  try {
+    return { fd: await openFd(path, flags | O_DIRECT), direct: true };
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+    return { fd: await openFd(path, flags), direct: false };
+  }
+}
