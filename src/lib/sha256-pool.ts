@@ -114,10 +114,11 @@ export class Sha256Pool {
   }
 
   /**
-   * Starts the workers now rather than at the first hash. A worker takes 150-200 ms to start on the
-   * 2-core dev VM (measured: a server's first snapshot stored its first chunk 190-230 ms after the
-   * disk was frozen, the read having landed after 10 ms); a server warms its pool at start so that
-   * the first snapshot or copy does not pay it. Idle workers are unref'd: they keep nothing alive.
+   * Starts the workers now rather than at the first hash. Started by a capture's first hash on the
+   * 2-core dev VM, they answered it 170-190 ms later (the capture stored its first chunk 190-230 ms
+   * after the freeze, its read having landed after 10 ms; an idle machine starts a worker in about
+   * 25 ms). A server warms its pool at start, so that its first snapshot or copy does not pay that.
+   * Idle workers are unref'd: they keep nothing alive.
    */
   warm(): void {
     if (!this.closed && this.workers.length === 0) this.spawnAll();

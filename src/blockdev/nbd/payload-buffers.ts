@@ -6,8 +6,10 @@
  * maps anew and the kernel zeroes page by page on first touch, then garbage for the collector: in
  * a profile of the event loop during an nbdcopy write, page clearing, page faults and malloc were
  * about 8 % of it. Reads too: an nbdcopy write then read of 1 GiB cost the server 105,000 page
- * faults with fresh read buffers, 64,000 with pooled ones (the write alone 38,000). Buffers come in power-of-two sizes from PAYLOAD_POOL_MIN up (a payload
- * uses a view of the first `length` bytes); at most KEEP_BYTES of free ones are kept per connection.
+ * faults with fresh read buffers, 64,000 with pooled ones (the write alone 38,000).
+ *
+ * Buffers come in power-of-two sizes from PAYLOAD_POOL_MIN up (a payload uses a view of the first
+ * `length` bytes); at most KEEP_BYTES of free ones are kept per connection.
  *
  * The caller gives a buffer back only once nothing reads or writes it: a WRITE's after the target's
  * `write` settled (BlockTarget.write keeps nothing of its data after that), a READ's after the
