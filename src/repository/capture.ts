@@ -57,21 +57,27 @@ export interface CaptureOptions {
 
 /**
  * The pipeline (measured on the 2-core dev VM, docs/benchmarks.md "Where a full snapshot's time
- * goes"): reads of up to READ_CHUNKS consecutive changed chunks each (one syscall for 4 MiB where
- * there were four), READS_IN_FLIGHT of them at once (one read at a time leaves the virtual disk at a
+ * goes"): reads of consecutive changed chunks, up to READ_RUN_BYTES each (one syscall where there
+ * were sixteen), READS_IN_FLIGHT runs at once (one read at a time leaves the virtual disk at a
  * fraction of what it delivers with a queue: 233 MiB/s against ~1100 MiB/s with 4 x 4 MiB), past
  * the page cache (Disk's readChunks: a capture reads each chunk once, and the copy out of the page
  * cache was the largest system-CPU cost), into shared, page-aligned memory that the hash pool's
  * workers hash in place (no copy into the pool's slots). Each chunk of a read is zero-tested, hashed
  * and put as soon as the read lands; its buffer goes back to the pool once every chunk of it is
  * stored. The batch syncs and checkpoints run behind the reading instead of stopping it
- * (`Pipeline.durably`). Memory: READ_BUFFERS x READ_CHUNKS chunks (32 MiB at 1 MiB chunks) per
- * capture, plus at most PRESERVE_BUDGET of copy-on-write bytes waiting to be stored.
+ * (`Pipeline.durably`). Memory: one buffer per run in flight, READS_IN_FLIGHT x READ_RUN_BYTES
+ * (48 MiB) per capture, plus at most PRESERVE_BUDGET of copy-on-write bytes waiting to be stored.
+ *
+ * Why 16 MiB runs: a 1 GiB capture (mixed image, caches dropped, hash pool warm, alternating runs)
+ * took 1282-1668 ms (median 1449, 13 runs) with 16-chunk runs against 1369-1858 ms (median 1629,
+ * 14 runs) with the 4-chunk runs before; a 4 GiB one 5056-5365 ms (3 runs) against 4963-7982 ms
+ * (median 5647, 5 runs). Two 16-chunk runs in flight were faster still at 1 GiB (median 1342) but
+ * not at 4 GiB (median 5833); 8-chunk runs, 4 in flight, and 32-chunk runs, one at a time, were no
+ * better than 4-chunk runs. The time is the I/O's: a simulation of only these reads and writes
+ * takes as long (docs/benchmarks.md).
  */
-const READ_CHUNKS = 4;
+const READ_RUN_BYTES = 16 << 20;
 const READS_IN_FLIGHT = 3;
-/** Read buffers: the reads in flight plus those whose chunks are still being hashed and written. */
-const READ_BUFFERS = 8;
 /** Preserved (copy-on-write) bytes that may wait to be stored before a write waits for its own. */
 const PRESERVE_BUDGET = 32 << 20;
 /** Unsynced chunk bytes that start a sync of the capture's writer (at most two batches are unsynced). */
@@ -92,7 +98,8 @@ export async function captureDisk(repo: ChunkRepository, disk: Disk, base: DiskB
     manifest.set(index, await repo.storeChunk(bytes, writer));
     await onStep?.('chunk-stored');
   };
-  const pipeline = new Pipeline(disk.chunkSize);
+  const runChunks = Math.max(1, Math.floor(READ_RUN_BYTES / disk.chunkSize));
+  const pipeline = new Pipeline(disk.chunkSize, runChunks);
   // Copy-on-write: the bytes a write is about to overwrite arrive in a buffer of their own; the
   // write waits only until they are handed over, and they are stored behind it, unless
   // PRESERVE_BUDGET bytes already wait to be stored (then the write waits for its chunk's store, so
@@ -171,7 +178,7 @@ export async function captureDisk(repo: ChunkRepository, disk: Disk, base: DiskB
         progress(1);
         continue;
       }
-      if (run && (index !== run.first + run.count || run.count === READ_CHUNKS)) await issue();
+      if (run && (index !== run.first + run.count || run.count === runChunks)) await issue();
       if (run) run.count++;
       else run = { first: index, count: 1 };
     }
@@ -211,19 +218,23 @@ class Pipeline {
   private chain: Promise<void> = Promise.resolve();
   private failure: { error: unknown } | null = null;
 
-  constructor(private readonly chunkSize: number) {}
+  constructor(
+    private readonly chunkSize: number,
+    private readonly runChunks: number,
+  ) {}
 
   /**
-   * A read buffer of READ_CHUNKS chunks: shared memory (the hash pool's workers hash it in place),
+   * A read buffer of `runChunks` chunks: shared memory (the hash pool's workers hash it in place),
    * page-aligned (the disk reads into it past the page cache: O_DIRECT needs aligned memory). All
-   * buffers are slices of one WebAssembly.Memory, whose memory is page-aligned and shared.
+   * buffers are slices of one WebAssembly.Memory, whose memory is page-aligned and shared. A run
+   * holds its buffer while it is in flight, so READS_IN_FLIGHT buffers are all there ever are.
    */
   async buffer(): Promise<Buffer> {
     const b = this.free.pop();
     if (b) return b;
-    if (this.allocated < READ_BUFFERS) {
-      const size = READ_CHUNKS * this.chunkSize;
-      this.memory ??= Buffer.from(alignedSharedMemory(READ_BUFFERS * size), 0, READ_BUFFERS * size);
+    if (this.allocated < READS_IN_FLIGHT) {
+      const size = this.runChunks * this.chunkSize;
+      this.memory ??= Buffer.from(alignedSharedMemory(READS_IN_FLIGHT * size), 0, READS_IN_FLIGHT * size);
       const at = this.allocated * size;
       this.allocated++;
       return this.memory.subarray(at, at + size);
