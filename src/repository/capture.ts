@@ -57,26 +57,25 @@ export interface CaptureOptions {
 
 /**
  * The pipeline (measured on the 2-core dev VM, docs/benchmarks.md "Where a full snapshot's time
- * goes"): reads of consecutive changed chunks, up to READ_RUN_BYTES each (one syscall where there
- * were sixteen), READS_IN_FLIGHT runs at once (one read at a time leaves the virtual disk at a
- * fraction of what it delivers with a queue: 233 MiB/s against ~1100 MiB/s with 4 x 4 MiB), past
- * the page cache (Disk's readChunks: a capture reads each chunk once, and the copy out of the page
- * cache was the largest system-CPU cost), into shared, page-aligned memory that the hash pool's
+ * goes"): reads of consecutive changed chunks, up to READ_RUN_BYTES each (one syscall for 4 MiB
+ * where there were four), READS_IN_FLIGHT runs at once (one read at a time leaves the virtual disk
+ * at a fraction of what it delivers with a queue: 233 MiB/s against ~1100 MiB/s with 4 x 4 MiB),
+ * past the page cache (Disk's readChunks: a capture reads each chunk once, and the copy out of the
+ * page cache was the largest system-CPU cost), into shared, page-aligned memory that the hash pool's
  * workers hash in place (no copy into the pool's slots). Each chunk of a read is zero-tested, hashed
  * and put as soon as the read lands; its buffer goes back to the pool once every chunk of it is
  * stored. The batch syncs and checkpoints run behind the reading instead of stopping it
  * (`Pipeline.durably`). Memory: one buffer per run in flight, READS_IN_FLIGHT x READ_RUN_BYTES
- * (48 MiB) per capture, plus at most PRESERVE_BUDGET of copy-on-write bytes waiting to be stored.
+ * (12 MiB) per capture, plus at most PRESERVE_BUDGET of copy-on-write bytes waiting to be stored.
  *
- * Why 16 MiB runs: a 1 GiB capture (mixed image, caches dropped, hash pool warm, alternating runs)
- * took 1282-1668 ms (median 1449, 13 runs) with 16-chunk runs against 1369-1858 ms (median 1629,
- * 14 runs) with the 4-chunk runs before; a 4 GiB one 5056-5365 ms (3 runs) against 4963-7982 ms
- * (median 5647, 5 runs). Two 16-chunk runs in flight were faster still at 1 GiB (median 1342) but
- * not at 4 GiB (median 5833); 8-chunk runs, 4 in flight, and 32-chunk runs, one at a time, were no
- * better than 4-chunk runs. The time is the I/O's: a simulation of only these reads and writes
- * takes as long (docs/benchmarks.md).
+ * Why not longer runs: 16 MiB runs were faster (a 1 GiB capture, alternating runs in one process:
+ * median 1449 ms over 13 runs against 1629 over 14; 4 GiB: 5305 against 5647 ms), but their 48 MiB
+ * are a WebAssembly memory that only a collection frees, and the replication bench's server peaked
+ * at 308 MiB with them against 266 MiB without (one run each, same hour), past the 300 MiB the
+ * service keeps to. The time is the I/O's: a simulation of only these reads and writes takes
+ * as long (docs/benchmarks.md).
  */
-const READ_RUN_BYTES = 16 << 20;
+const READ_RUN_BYTES = 4 << 20;
 const READS_IN_FLIGHT = 3;
 /** Preserved (copy-on-write) bytes that may wait to be stored before a write waits for its own. */
 const PRESERVE_BUDGET = 32 << 20;
