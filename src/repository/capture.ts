@@ -124,7 +124,7 @@ export async function captureDisk(repo: ChunkRepository, disk: Disk, base: DiskB
       for (let k = 0; k < n; k++) options.onProgress?.(++done, total);
     };
     const readRun = async (first: number, count: number): Promise<void> => {
-      const buffer = await pipeline.buffer();
+      const buffer = pipeline.buffer();
       try {
         signal?.throwIfAborted();
         const chunks = await capture.readChunks(first, count, buffer);
@@ -205,7 +205,6 @@ export async function captureDisk(repo: ChunkRepository, disk: Disk, base: DiskB
  */
 class Pipeline {
   private readonly free: Buffer[] = [];
-  private readonly waiting: Array<(b: Buffer) => void> = [];
   private allocated = 0;
   private memory: Buffer | null = null;
   /** Runs issued and not finished, oldest first. */
@@ -228,24 +227,21 @@ class Pipeline {
    * buffers are slices of one WebAssembly.Memory, whose memory is page-aligned and shared. A run
    * holds its buffer while it is in flight, so READS_IN_FLIGHT buffers are all there ever are.
    */
-  async buffer(): Promise<Buffer> {
+  buffer(): Buffer {
     const b = this.free.pop();
     if (b) return b;
-    if (this.allocated < READS_IN_FLIGHT) {
-      const size = this.runChunks * this.chunkSize;
-      this.memory ??= Buffer.from(alignedSharedMemory(READS_IN_FLIGHT * size), 0, READS_IN_FLIGHT * size);
-      const at = this.allocated * size;
-      this.allocated++;
-      return this.memory.subarray(at, at + size);
-    }
-    return new Promise((resolve) => this.waiting.push(resolve));
+    if (this.allocated >= READS_IN_FLIGHT) throw new Error('capture: more runs in flight than read buffers');
+    const size = this.runChunks * this.chunkSize;
+    this.memory ??= Buffer.from(alignedSharedMemory(READS_IN_FLIGHT * size), 0, READS_IN_FLIGHT * size);
+    const at = this.allocated * size;
+    this.allocated++;
+    return this.memory.subarray(at, at + size);
   }
 
   release(b: Buffer): void {
-    const next = this.waiting.shift();
-    if (next) next(b);
-    else this.free.push(b);
+    this.free.push(b);
   }
+
 
   /** Starts `fn` for the run at `first`, once fewer than `limit` runs are in flight. */
   async issue(first: number, count: number, limit: number, fn: () => Promise<void>): Promise<void> {
