@@ -140,9 +140,19 @@ describe('a region on PostgreSQL + Ceph RGW with api,storage and two worker proc
     const reader = httpDiskReader(url, (check) => until(check, 120_000, 'restore'), tenant);
     try {
       await assertRestoredIdentical(reader, snapshotId, chunks, MiB);
+    } catch (e) {
+      throw new Error(`${(e as Error).message}\n${await whyRestoresFailed()}`, { cause: e });
     } finally {
       await reader.close();
     }
+  }
+
+  /** What a failed restore leaves to read: the failed disks' reasons and every process's error lines. */
+  async function whyRestoresFailed(): Promise<string> {
+    const failed = (await admin(db.url, "SELECT id, last_error FROM volumes WHERE status = 'Error'")).rows;
+    const processes: Array<[string, SpawnedServer]> = [['api,storage', api], ['api', apiOnly], ...workers.map((w, i): [string, SpawnedServer] => [`worker ${i}`, w]), ['hkg', hkg]];
+    const lines = processes.flatMap(([name, s]) => s.stderr().split('\n').filter((l) => /"level":"(error|warn)"/.test(l)).slice(-20).map((l) => `${name}: ${l}`));
+    return `disks in Error: ${JSON.stringify(failed)}\n${lines.join('\n')}`;
   }
 
   test('every process answers /healthz; the workers serve no BCC API', async () => {
