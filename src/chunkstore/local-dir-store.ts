@@ -36,7 +36,7 @@
 import { DIRECT_IO_ALIGN, isDirectIoReady } from '../lib/aligned-memory.ts';
 import { KeyedMutex } from '../lib/keyed-mutex.ts';
 import { mapLimit } from '../lib/map-limit.ts';
-import { closeFd, fsyncFd, fstatSizeSync, O_DIRECT, openFd, openPerhapsDirect, readFd, writeFd } from '../lib/raw-fd.ts';
+import { closeFd, fsyncFd, fstatSizeSync, O_DIRECT, openFd, PerhapsDirectFile, readFd, writeFd } from '../lib/raw-fd.ts';
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import * as fsp from 'node:fs/promises';
@@ -505,36 +505,27 @@ export class LocalDirChunkStore implements ChunkStore {
    */
   private async writeNewFile(path: string, data: Buffer): Promise<void> {
     const wantDirect = this.directWrites && isDirectIoReady(data);
-    const opened = await openPerhapsDirect(path, WRITE_NEW, wantDirect);
-    if (wantDirect && !opened.direct) this.directWrites = false; // no O_DIRECT on this file system
-    let fd = opened.fd;
-    let direct = opened.direct;
+    // Created with O_EXCL; a reopen after a refused direct write opens the file it created.
+    const file = await PerhapsDirectFile.open(path, WRITE_NEW, wantDirect);
+    if (wantDirect && !file.direct) this.directWrites = false; // no O_DIRECT on this file system
     try {
       await this.hook('write', path);
       let off = 0;
       while (off < data.length) {
         let bytesWritten: number;
         try {
-          bytesWritten = await writeFd(fd, data, off, data.length - off, off);
+          bytesWritten = await writeFd(file.fd, data, off, data.length - off, off);
         } catch (err) {
-          if (!direct || !isCode(err, 'EINVAL')) throw err;
-          // Refused as unaligned after all: the rest through the page cache, on a descriptor without O_DIRECT.
-          this.directWrites = false;
-          direct = false;
-          const f = fd;
-          fd = -1;
-          closeFd(f);
-          fd = await openFd(path, fsConstants.O_WRONLY);
+          if (!(await file.fellBackFrom(err))) throw err;
+          this.directWrites = false; // refused as unaligned after all: the rest, and every later write, buffered
           continue;
         }
         if (bytesWritten <= 0) throw new Error(`short write to ${path}`);
         off += bytesWritten;
       }
-      const f = fd;
-      fd = -1;
-      closeFd(f);
+      file.close();
     } catch (err) {
-      if (fd >= 0) closeQuietly(fd);
+      closeQuietly(file);
       await unlinkIfExists(path).catch(() => false);
       throw err;
     }
@@ -572,38 +563,31 @@ export class LocalDirChunkStore implements ChunkStore {
   /** `readWhole` into `into`; O_DIRECT when `into` is page-aligned (the file's tail past the last full block then reads buffered). */
   private async readWholeInto(path: string, into: Buffer): Promise<number> {
     const wantDirect = this.directReads && isDirectIoReady(into);
-    const opened = await openPerhapsDirect(path, fsConstants.O_RDONLY, wantDirect);
-    if (wantDirect && !opened.direct) this.directReads = false; // no O_DIRECT on this file system
-    let fd = opened.fd;
+    const file = await PerhapsDirectFile.open(path, fsConstants.O_RDONLY, wantDirect);
+    if (wantDirect && !file.direct) this.directReads = false; // no O_DIRECT on this file system
     try {
       await this.hook('read', path);
-      const size = fstatSizeSync(fd);
+      const size = fstatSizeSync(file.fd);
       if (size > into.length) throw new RangeError(`${path} has ${size} bytes; the buffer holds ${into.length}`);
       let off = 0;
-      let directNow = opened.direct;
       while (off < size) {
         let bytesRead: number;
         try {
           // A direct read asks for whole blocks (the buffer has room: its length is a multiple of them).
-          const want = directNow ? Math.min(into.length - off, Math.ceil((size - off) / DIRECT_IO_ALIGN) * DIRECT_IO_ALIGN) : size - off;
-          bytesRead = await readFd(fd, into, off, want, off);
+          const want = file.direct ? Math.min(into.length - off, Math.ceil((size - off) / DIRECT_IO_ALIGN) * DIRECT_IO_ALIGN) : size - off;
+          bytesRead = await readFd(file.fd, into, off, want, off);
         } catch (err) {
-          if (!directNow || !isCode(err, 'EINVAL')) throw err;
+          if (!(await file.fellBackFrom(err))) throw err;
           this.directReads = false; // refused here: the rest, and every later read, through the page cache
-          directNow = false;
-          const f = fd;
-          fd = -1;
-          closeFd(f);
-          fd = await openFd(path, fsConstants.O_RDONLY);
           continue;
         }
         if (bytesRead === 0) break; // file shrank under us: the bytes there are what is sent, the destination's hash decides
         off += bytesRead;
-        if (directNow && off % DIRECT_IO_ALIGN !== 0) break; // the file's end
+        if (file.direct && off % DIRECT_IO_ALIGN !== 0) break; // the file's end
       }
       return Math.min(off, size);
     } finally {
-      if (fd >= 0) closeFd(fd);
+      file.close();
     }
   }
 
@@ -691,10 +675,10 @@ async function fsyncDir(path: string): Promise<void> {
   }
 }
 
-/** Closes a descriptor on a path that already failed: the first error is the one to report. */
-function closeQuietly(fd: number): void {
+/** Closes a file on a path that already failed: the first error is the one to report. */
+function closeQuietly(file: PerhapsDirectFile): void {
   try {
-    closeFd(fd);
+    file.close();
   } catch {
     /* the caller's error wins */
   }

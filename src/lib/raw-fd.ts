@@ -63,3 +63,43 @@ export async function openPerhapsDirect(path: string, flags: number, direct: boo
     return { fd: await openFd(path, flags), direct: false };
   }
 }
+
+/**
+ * One open file that may be read or written past the page cache, and can fall back to it in the
+ * middle of a transfer: some file systems accept O_DIRECT at open and refuse it at the first
+ * read or write (EINVAL), and the bytes must then still get through. `fd` is -1 once closed, so
+ * a failed reopen never leaves a closed (and perhaps reused) number to be closed again.
+ */
+export class PerhapsDirectFile {
+  private constructor(
+    private readonly path: string,
+    private readonly flags: number,
+    public fd: number,
+    public direct: boolean,
+  ) {}
+
+  /** `openPerhapsDirect`, kept with what a reopen needs. */
+  static async open(path: string, flags: number, direct: boolean): Promise<PerhapsDirectFile> {
+    const opened = await openPerhapsDirect(path, flags, direct);
+    return new PerhapsDirectFile(path, flags, opened.fd, opened.direct);
+  }
+
+  /**
+   * Whether `err`, thrown by a transfer on this file, is the file system refusing O_DIRECT after
+   * all; if so the file is open again without it (the caller carries on where it was).
+   */
+  async fellBackFrom(err: unknown): Promise<boolean> {
+    if (!this.direct || (err as NodeJS.ErrnoException | null)?.code !== 'EINVAL') return false;
+    this.direct = false;
+    this.close();
+    // The file exists now (its creator may have asked for O_EXCL): open it, never create or empty it again.
+    this.fd = await openFd(this.path, this.flags & ~(fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_TRUNC));
+    return true;
+  }
+
+  close(): void {
+    const fd = this.fd;
+    this.fd = -1;
+    if (fd >= 0) closeFd(fd);
+  }
+}
