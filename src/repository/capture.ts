@@ -65,8 +65,10 @@ export interface CaptureOptions {
  * workers hash in place (no copy into the pool's slots). Each chunk of a read is zero-tested, hashed
  * and put as soon as the read lands; its buffer goes back to the pool once every chunk of it is
  * stored. The batch syncs and checkpoints run behind the reading instead of stopping it
- * (`Pipeline.durably`). Memory: one buffer per run in flight, READS_IN_FLIGHT x READ_RUN_BYTES
- * (12 MiB) per capture, plus at most PRESERVE_BUDGET of copy-on-write bytes waiting to be stored.
+ * (`Pipeline.durably`). Memory: one buffer per run in flight, READ_MEMORY_BYTES (12 MiB) per
+ * capture, plus at most PRESERVE_BUDGET of copy-on-write bytes waiting to be stored. A chunk larger
+ * than a run (chunk sizes go up to 64 MiB) is a run of its own, and fewer of them are in flight,
+ * but never fewer than two (one being read while the other is stored): 2 x the chunk size then.
  *
  * Why not longer runs: 16 MiB runs were faster (a 1 GiB capture, alternating runs in one process:
  * median 1449 ms over 13 runs against 1629 over 14; 4 GiB: 5305 against 5647 ms), but their 48 MiB
@@ -77,6 +79,14 @@ export interface CaptureOptions {
  */
 const READ_RUN_BYTES = 4 << 20;
 const READS_IN_FLIGHT = 3;
+const READ_MEMORY_BYTES = READS_IN_FLIGHT * READ_RUN_BYTES;
+
+/** How a capture of chunks of `chunkSize` reads: chunks per run, runs in flight (see above). */
+export function readPlan(chunkSize: number): { runChunks: number; readsInFlight: number } {
+  const runChunks = Math.max(1, Math.floor(READ_RUN_BYTES / chunkSize));
+  const readsInFlight = Math.min(READS_IN_FLIGHT, Math.max(2, Math.floor(READ_MEMORY_BYTES / (runChunks * chunkSize))));
+  return { runChunks, readsInFlight };
+}
 /** Preserved (copy-on-write) bytes that may wait to be stored before a write waits for its own. */
 const PRESERVE_BUDGET = 32 << 20;
 /** Unsynced chunk bytes that start a sync of the capture's writer (at most two batches are unsynced). */
@@ -97,8 +107,8 @@ export async function captureDisk(repo: ChunkRepository, disk: Disk, base: DiskB
     manifest.set(index, await repo.storeChunk(bytes, writer));
     await onStep?.('chunk-stored');
   };
-  const runChunks = Math.max(1, Math.floor(READ_RUN_BYTES / disk.chunkSize));
-  const pipeline = new Pipeline(disk.chunkSize, runChunks);
+  const { runChunks, readsInFlight } = readPlan(disk.chunkSize);
+  const pipeline = new Pipeline(disk.chunkSize, runChunks, readsInFlight);
   // Copy-on-write: the bytes a write is about to overwrite arrive in a buffer of their own; the
   // write waits only until they are handed over, and they are stored behind it, unless
   // PRESERVE_BUDGET bytes already wait to be stored (then the write waits for its chunk's store, so
@@ -166,7 +176,7 @@ export async function captureDisk(repo: ChunkRepository, disk: Disk, base: DiskB
     const issue = async (): Promise<void> => {
       const { first, count } = run!;
       run = null;
-      await pipeline.issue(first, count, READS_IN_FLIGHT, () => readRun(first, count));
+      await pipeline.issue(first, count, () => readRun(first, count));
       await afterRun();
     };
     for (const index of capture.changed) {
@@ -219,20 +229,21 @@ class Pipeline {
   constructor(
     private readonly chunkSize: number,
     private readonly runChunks: number,
+    private readonly readsInFlight: number,
   ) {}
 
   /**
    * A read buffer of `runChunks` chunks: shared memory (the hash pool's workers hash it in place),
    * page-aligned (the disk reads into it past the page cache: O_DIRECT needs aligned memory). All
    * buffers are slices of one WebAssembly.Memory, whose memory is page-aligned and shared. A run
-   * holds its buffer while it is in flight, so READS_IN_FLIGHT buffers are all there ever are.
+   * holds its buffer while it is in flight, so `readsInFlight` buffers are all there ever are.
    */
   buffer(): Buffer {
     const b = this.free.pop();
     if (b) return b;
-    if (this.allocated >= READS_IN_FLIGHT) throw new Error('capture: more runs in flight than read buffers');
+    if (this.allocated >= this.readsInFlight) throw new Error('capture: more runs in flight than read buffers');
     const size = this.runChunks * this.chunkSize;
-    this.memory ??= Buffer.from(alignedSharedMemory(READS_IN_FLIGHT * size), 0, READS_IN_FLIGHT * size);
+    this.memory ??= Buffer.from(alignedSharedMemory(this.readsInFlight * size), 0, this.readsInFlight * size);
     const at = this.allocated * size;
     this.allocated++;
     return this.memory.subarray(at, at + size);
@@ -243,10 +254,10 @@ class Pipeline {
   }
 
 
-  /** Starts `fn` for the run at `first`, once fewer than `limit` runs are in flight. */
-  async issue(first: number, count: number, limit: number, fn: () => Promise<void>): Promise<void> {
+  /** Starts `fn` for the run at `first`, once fewer than `readsInFlight` runs are in flight. */
+  async issue(first: number, count: number, fn: () => Promise<void>): Promise<void> {
     this.check();
-    while (this.inFlight.size >= limit) {
+    while (this.inFlight.size >= this.readsInFlight) {
       await Promise.race(this.inFlight);
       this.check();
     }
