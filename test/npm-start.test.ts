@@ -13,6 +13,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePortRange } from './helpers/spawned-server.ts';
+import { SERVE_NODE_FLAGS } from '../src/cli/node-flags.ts';
 
 const ROOT = new URL('..', import.meta.url).pathname;
 const KEYS = { SNAPFERRY_ACCESS_KEY_ID: 'npm-start-ak-0123456789', SNAPFERRY_SECRET_ACCESS_KEY: 'npm-start-sk' };
@@ -96,6 +97,10 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     const server = descendants(npm.pid!).find(isServer);
     assert.ok(server, `no server process under npm ${npm.pid}`);
     servers.add(server);
+    // V8 takes its heap flags only at start: the server npm started runs with them, and says nothing of missing ones.
+    const argv = readProc(server, 'cmdline')!.split('\0');
+    for (const flag of SERVE_NODE_FLAGS) assert.ok(argv.includes(flag), `the server runs with ${flag}: ${argv.join(' ')}`);
+    assert.doesNotMatch(out, /started without/);
     assert.equal(await portAnswers(port), true);
 
     process.kill(npm.pid!, signal);

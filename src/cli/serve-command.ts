@@ -5,6 +5,7 @@
  */
 import { ConfigError, loadServeConfig, type ServeFlags } from '../config.ts';
 import { startServer } from '../main.ts';
+import { missingServeFlags } from './node-flags.ts';
 
 export async function serveCommand(flags: ServeFlags): Promise<void> {
   let config;
@@ -26,6 +27,12 @@ export async function serveCommand(flags: ServeFlags): Promise<void> {
     server = await startServer(config);
   } catch (e) {
     fail((e as Error).message);
+  }
+  const missing = missingServeFlags();
+  if (missing.length > 0) {
+    // Not an error: the service works without them, with a larger memory peak (node-flags.ts).
+    // Said once it runs, so that a refused start stays one line.
+    process.stderr.write(`snapferry: started without ${missing.join(' ')}; peak memory runs ~30 MiB higher (run \`npm start\`, or node ${missing.join(' ')} bin/snapferry.js serve)\n`);
   }
   let stopping = false;
   const stop = (signal: string): void => {

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { TEST_METRICS_TOKEN } from './metrics.ts';
+import { SERVE_NODE_FLAGS } from '../../src/cli/node-flags.ts';
 
 const BIN = new URL('../../bin/snapferry.js', import.meta.url).pathname;
 
@@ -87,7 +88,7 @@ async function spawnServerOnce(opts: SpawnOptions): Promise<SpawnedServer> {
 
   const start = async (): Promise<void> => {
     out = '';
-    child = spawn(process.execPath, [BIN, 'serve', '--data-dir', dataDir, '--regions', regions.join(','), '--port', String(port), '--nbd-port', String(nbdPort), ...(opts.extraArgs ?? [])], {
+    child = spawn(process.execPath, [...SERVE_NODE_FLAGS, BIN, 'serve', '--data-dir', dataDir, '--regions', regions.join(','), '--port', String(port), '--nbd-port', String(nbdPort), ...(opts.extraArgs ?? [])], {
       env: { ...process.env, SNAPFERRY_METRICS_TOKEN: TEST_METRICS_TOKEN, ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
