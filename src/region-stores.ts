@@ -12,10 +12,8 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import type { RegionBackends } from './backend-config.ts';
 import type { ChunkStore } from './chunkstore/chunk-store.ts';
 import { LocalDirChunkStore, type LocalDirStoreOptions } from './chunkstore/local-dir-store.ts';
-import { createS3Client } from './chunkstore/s3-client.ts';
-import { S3ChunkStore } from './chunkstore/s3-store.ts';
+import type { S3ChunkStore } from './chunkstore/s3-store.ts';
 import type { MetadataStore } from './metadata/metadata-store.ts';
-import { PostgresMetadataStore } from './metadata/postgres/postgres-metadata-store.ts';
 import { SqliteMetadataStore } from './metadata/sqlite/sqlite-metadata-store.ts';
 
 export interface RegionStores {
@@ -38,12 +36,18 @@ export interface OpenStoresOptions {
   chunkFaults?: LocalDirStoreOptions['faultHook'];
 }
 
+/**
+ * The PostgreSQL and S3 backends are imported only by regions configured with them: pg and the
+ * AWS SDK are ~20 MiB of resident code and ~3.6 MiB of JavaScript heap (measured on Node 20), which
+ * the default embedded region would carry for nothing, and which every major collection marks (a
+ * copy runs one every 64 MiB of received socket data).
+ */
 export async function openRegionStores(backends: RegionBackends, o: OpenStoresOptions): Promise<RegionStores> {
   let meta: MetadataStore;
   try {
     meta =
       backends.metadata.type === 'postgres'
-        ? await PostgresMetadataStore.open(backends.metadata.url, {
+        ? await (await import('./metadata/postgres/postgres-metadata-store.ts')).PostgresMetadataStore.open(backends.metadata.url, {
             schema: backends.metadata.schema,
             maxConnections: backends.metadata.maxConnections ?? 20,
             applicationName: o.processName,
@@ -60,6 +64,7 @@ export async function openRegionStores(backends: RegionBackends, o: OpenStoresOp
       return { meta, chunks, manifests, bucket: null, close: () => meta.close() };
     }
     if (!meta.chunkIndex) throw new Error(`region ${o.region}: its metadata store keeps no chunk index, which an S3 chunk store needs`);
+    const [{ createS3Client }, { S3ChunkStore }] = await Promise.all([import('./chunkstore/s3-client.ts'), import('./chunkstore/s3-store.ts')]);
     // One client (one connection pool) for both namespaces of the region.
     const client = createS3Client(store);
     const common = { ...store, index: meta.chunkIndex, client, hasher: o.hash };
