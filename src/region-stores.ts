@@ -38,9 +38,9 @@ export interface OpenStoresOptions {
 
 /**
  * The PostgreSQL and S3 backends are imported only by regions configured with them: pg and the
- * AWS SDK are ~20 MiB of resident code and ~3.6 MiB of JavaScript heap (measured on Node 20), which
- * the default embedded region would carry for nothing, and which every major collection marks (a
- * copy runs one every 64 MiB of received socket data).
+ * AWS SDK are ~20 MiB of resident code and 3.6 MiB of JavaScript heap (each imported alone, Node 20), which
+ * the default embedded region would carry for nothing, and which every major collection marks (13-14
+ * of them in a 1 GiB copy, docs/benchmarks.md).
  */
 export async function openRegionStores(backends: RegionBackends, o: OpenStoresOptions): Promise<RegionStores> {
   let meta: MetadataStore;

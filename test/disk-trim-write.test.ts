@@ -41,33 +41,37 @@ for (const shape of [
 }
 
 async function writeOverTrimmed(disks: DiskManager, offset: number, length: number): Promise<void> {
-    using held = await disks.acquire('v-trim');
-    const disk = held.disk;
-    await disk.write(4 * MiB, Buffer.alloc(3 * MiB, 0xaa), true); // chunk 5 and its neighbours hold data
-    await disk.writeZeroes(5 * MiB, MiB, true); // chunk 5 trimmed: its file bytes are still 0xaa
-    assert.ok((await disk.read(5 * MiB, MiB)).equals(Buffer.alloc(MiB)), 'the trimmed chunk reads as zeros');
+  using held = await disks.acquire('v-trim');
+  const disk = held.disk;
+  await disk.write(4 * MiB, Buffer.alloc(3 * MiB, 0xaa), true); // chunk 5 and its neighbours hold data
+  await disk.writeZeroes(5 * MiB, MiB, true); // chunk 5 trimmed: its file bytes are still 0xaa
+  assert.ok((await disk.read(5 * MiB, MiB)).equals(Buffer.alloc(MiB)), 'the trimmed chunk reads as zeros');
 
-    const image = (disk as unknown as { image: ImageSeam }).image;
-    const write = image.write.bind(image);
-    let arrived!: () => void;
-    const newBytesArrived = new Promise<void>((resolve) => (arrived = resolve));
-    let letThrough!: () => void;
-    const gate = new Promise<void>((resolve) => (letThrough = resolve));
-    image.write = async (data, position) => {
-      if (data[0] === 0xbb) {
-        arrived();
-        await gate; // the write's own bytes wait here, after everything the disk does before them
-      }
-      return write(data, position);
-    };
-    const writing = disk.write(offset, Buffer.alloc(length, 0xbb), false);
-    await newBytesArrived;
-    const during = await disk.read(5 * MiB, MiB);
-    letThrough();
-    await writing;
-    const stale = [...during].filter((b) => b === 0xaa).length;
-    assert.equal(stale, 0, `${stale} bytes of the chunk read as they were before the trim while the write was in flight`);
-    const want = Buffer.alloc(MiB);
-    want.fill(0xbb, Math.max(0, offset - 5 * MiB), Math.min(MiB, offset + length - 5 * MiB));
-    assert.ok((await disk.read(5 * MiB, MiB)).equals(want), 'afterwards the chunk holds the write');
+  const image = (disk as unknown as { image: ImageSeam }).image;
+  const write = image.write.bind(image);
+  let arrived!: () => void;
+  const newBytesArrived = new Promise<void>((resolve) => (arrived = resolve));
+  let letThrough!: () => void;
+  const gate = new Promise<void>((resolve) => (letThrough = resolve));
+  image.write = async (data, position) => {
+    if (data[0] === 0xbb) {
+      arrived();
+      await gate; // the write's own bytes wait here, after everything the disk does before them
+    }
+    return write(data, position);
+  };
+  const writing = disk.write(offset, Buffer.alloc(length, 0xbb), false);
+  await newBytesArrived;
+  const reading = disk.read(5 * MiB, MiB);
+  // A read that waits for the write is as good (it then sees the new bytes): release the write
+  // after a while rather than hang the test.
+  await Promise.race([reading, new Promise((r) => setTimeout(r, 2000))]);
+  letThrough();
+  const during = await reading;
+  await writing;
+  const stale = [...during].filter((b) => b === 0xaa).length;
+  assert.equal(stale, 0, `${stale} bytes of the chunk read as they were before the trim while the write was in flight`);
+  const want = Buffer.alloc(MiB);
+  want.fill(0xbb, Math.max(0, offset - 5 * MiB), Math.min(MiB, offset + length - 5 * MiB));
+  assert.ok((await disk.read(5 * MiB, MiB)).equals(want), 'afterwards the chunk holds the write');
 }

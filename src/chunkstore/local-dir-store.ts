@@ -505,7 +505,6 @@ export class LocalDirChunkStore implements ChunkStore {
    */
   private async writeNewFile(path: string, data: Buffer): Promise<void> {
     const wantDirect = this.directWrites && isDirectIoReady(data);
-    // Created with O_EXCL; a reopen after a refused direct write opens the file it created.
     const file = await PerhapsDirectFile.open(path, WRITE_NEW, wantDirect);
     if (wantDirect && !file.direct) this.directWrites = false; // no O_DIRECT on this file system
     try {
