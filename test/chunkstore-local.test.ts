@@ -10,25 +10,35 @@ import { ChunksLostError } from '../src/chunkstore/chunk-store.ts';
 import { type FaultPoint, LocalDirChunkStore, type LocalDirStoreOptions } from '../src/chunkstore/local-dir-store.ts';
 import { alignedSharedMemory } from '../src/lib/aligned-memory.ts';
 import { Sha256Pool } from '../src/lib/sha256-pool.ts';
-import { blob, chunkStoreContract, sha256 } from './helpers/chunkstore-contract.ts';
+import { blob, chunkStoreContract, compressible, frameOf, sha256 } from './helpers/chunkstore-contract.ts';
 
 async function tempRoot(): Promise<string> {
   return fsp.mkdtemp(join(tmpdir(), 'snapferry-chunkstore-'));
 }
 
-/** Flips one byte of whatever file currently holds `id` (its temp file if pending, else the final file). */
-async function corruptIn(root: string, id: string): Promise<void> {
+/**
+ * Flips one byte of whatever file currently holds `id` (its temp file if pending, else the final
+ * file in either form), at `at` (default the first byte).
+ */
+async function corruptIn(root: string, id: string, at = 0): Promise<void> {
   const tmp = (await fsp.readdir(join(root, '.tmp'))).filter((n) => n.startsWith(`${id}.`));
-  const path = tmp.length > 0 ? join(root, '.tmp', tmp[0]!) : join(root, id.slice(0, 2), id);
+  const plain = join(root, id.slice(0, 2), id);
+  const path = tmp.length > 0 ? join(root, '.tmp', tmp[0]!) : existsSync(plain) ? plain : `${plain}.zst`;
   const fh = await fsp.open(path, 'r+');
   try {
     const one = Buffer.alloc(1);
-    await fh.read(one, 0, 1, 0);
+    await fh.read(one, 0, 1, at);
     one[0]! ^= 0x5a;
-    await fh.write(one, 0, 1, 0);
+    await fh.write(one, 0, 1, at);
   } finally {
     await fh.close();
   }
+}
+
+async function listIds(store: LocalDirChunkStore): Promise<string[]> {
+  const ids: string[] = [];
+  for await (const b of store.list()) ids.push(b.id);
+  return ids;
 }
 
 async function makeLocal(options: LocalDirStoreOptions = {}) {
@@ -59,6 +69,123 @@ function errno(code: string): NodeJS.ErrnoException {
 }
 
 describe('LocalDirChunkStore specifics', () => {
+  describe('compression at rest (CS-4)', () => {
+    it('a blob put with a smaller packed form is kept as root/ab/<id>.zst only, and reads back plain after a reopen', async () => {
+      const { root, store, cleanup } = await makeLocal();
+      try {
+        const c = compressible(1 << 20);
+        await store.putHashed(c.id, c.data, c.packed);
+        await store.sync();
+        const dir = join(root, c.id.slice(0, 2));
+        assert.deepEqual(await fsp.readdir(dir), [`${c.id}.zst`]);
+        assert.deepEqual(await fsp.readFile(join(dir, `${c.id}.zst`)), c.packed);
+        assert.ok(c.packed.length < 20_000, `1 MiB of text takes ${c.packed.length} bytes`);
+        const again = await LocalDirChunkStore.open(root);
+        assert.deepEqual(await again.get(c.id), c.data);
+        assert.equal(await again.verify(c.id), 'ok');
+      } finally {
+        await cleanup();
+      }
+    });
+
+    it('a packed form no smaller than the blob is not used; nor any with storePacked: false', async () => {
+      const { root, store, cleanup } = await makeLocal();
+      const off = await makeLocal({ storePacked: false });
+      try {
+        const r = blob(300_000);
+        await store.putHashed(r.id, r.data, frameOf(r.data)); // random: the frame is larger
+        const c = compressible();
+        await off.store.putHashed(c.id, c.data, c.packed);
+        await store.sync();
+        await off.store.sync();
+        assert.deepEqual(await fsp.readdir(join(root, r.id.slice(0, 2))), [r.id]);
+        assert.deepEqual(await fsp.readdir(join(off.root, c.id.slice(0, 2))), [c.id]);
+        assert.equal(off.store.storesPacked, false);
+        assert.deepEqual(await off.store.get(c.id), c.data);
+      } finally {
+        await cleanup();
+        await off.cleanup();
+      }
+    });
+
+    it('a byte flipped inside a stored frame is caught: get throws ChunkIntegrityError, verify names the hash, scrub-style delete then a put heals it', async () => {
+      const { root, store, cleanup } = await makeLocal();
+      try {
+        const c = compressible(1 << 20);
+        await store.putHashed(c.id, c.data, c.packed);
+        await store.sync();
+        // Past the frame header: zstd frames carry no checksum by default, so this decodes to other
+        // bytes (or fails to decode); either way only the re-hash after decoding can tell.
+        await corruptIn(root, c.id, Math.floor(c.packed.length / 2));
+        await assert.rejects(store.get(c.id), (e: unknown) => e instanceof ChunkIntegrityError && e.id === c.id);
+        const verdict = await store.verify(c.id);
+        assert.ok(typeof verdict === 'object' && verdict.actual !== c.id);
+        await store.delete(c.id);
+        await store.putHashed(c.id, c.data, c.packed);
+        await store.sync();
+        assert.deepEqual(await store.get(c.id), c.data);
+      } finally {
+        await cleanup();
+      }
+    });
+
+    it('a damaged plain file (wrong size) is replaced by a packed put: one form is left, and it reads back', async () => {
+      const { root, store, cleanup } = await makeLocal();
+      try {
+        const c = compressible();
+        await store.putHashed(c.id, c.data);
+        await store.sync();
+        const plain = join(root, c.id.slice(0, 2), c.id);
+        await fsp.truncate(plain, 100);
+        assert.equal(await store.putHashed(c.id, c.data, c.packed), true, 'the damaged file is not trusted');
+        await store.sync();
+        assert.deepEqual(await fsp.readdir(join(root, c.id.slice(0, 2))), [`${c.id}.zst`]);
+        assert.deepEqual(await store.get(c.id), c.data);
+        assert.deepEqual([...(await listIds(store))], [c.id]);
+      } finally {
+        await cleanup();
+      }
+    });
+
+    it('a store written before compression at rest (plain files) is read as it is, and a packed put of a chunk it holds stores nothing', async () => {
+      const { root, store, cleanup } = await makeLocal();
+      try {
+        const c = compressible();
+        await store.putHashed(c.id, c.data, null);
+        await store.sync();
+        assert.equal(await store.putHashed(c.id, c.data, c.packed), false);
+        await store.sync();
+        assert.deepEqual(await fsp.readdir(join(root, c.id.slice(0, 2))), [c.id]);
+        assert.deepEqual(await store.get(c.id), c.data);
+      } finally {
+        await cleanup();
+      }
+    });
+
+    it('GC-2 holds for packed blobs: a put or touch refreshes the .zst file, deleteIfUnusedSince honours it', async () => {
+      const { root, store, cleanup } = await makeLocal();
+      try {
+        const c = compressible();
+        await store.putHashed(c.id, c.data, c.packed);
+        await store.sync();
+        const path = join(root, c.id.slice(0, 2), `${c.id}.zst`);
+        const old = new Date(Date.now() - 3_600_000);
+        await fsp.utimes(path, old, old);
+        const cutoff = Date.now() - 60_000;
+        assert.deepEqual(await store.touch([c.id]), new Set([c.id]));
+        assert.equal(await store.deleteIfUnusedSince(c.id, cutoff), false, 'touched after the cutoff: kept');
+        await fsp.utimes(path, old, old);
+        assert.equal(await store.putHashed(c.id, c.data, c.packed), false);
+        assert.equal(await store.deleteIfUnusedSince(c.id, cutoff), false, 'put after the cutoff: kept');
+        await fsp.utimes(path, old, old);
+        assert.equal(await store.deleteIfUnusedSince(c.id, cutoff), true);
+        assert.equal(existsSync(path), false);
+      } finally {
+        await cleanup();
+      }
+    });
+  });
+
   it('creates the 256 fan-out directories and .tmp on open', async () => {
     const { root, cleanup } = await makeLocal();
     try {
@@ -434,11 +561,12 @@ describe('LocalDirChunkStore specifics', () => {
           const check = async (): Promise<void> => {
             for (const b of [full, short, odd, plain]) {
               const into = Buffer.from(alignedSharedMemory(1 << 20), 0, 1 << 20).fill(0xee);
-              const n = await store.readInto(b.id, into);
+              const { length: n, encoding } = await store.readInto(b.id, into);
               assert.equal(n, b.data.length);
+              assert.equal(encoding, 'raw');
               assert.ok(into.subarray(0, n).equals(b.data), `bytes of a ${b.data.length}-byte blob read into aligned memory`);
               const unaligned = Buffer.alloc((1 << 20) + 1).subarray(1);
-              assert.equal(await store.readInto(b.id, unaligned), b.data.length);
+              assert.equal((await store.readInto(b.id, unaligned)).length, b.data.length);
               assert.ok(unaligned.subarray(0, b.data.length).equals(b.data), 'and into a plain buffer');
               assert.deepEqual(await store.get(b.id), b.data);
             }

@@ -5,7 +5,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdtemp, open, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BceClient } from '../src/lib/bce-client.ts';
@@ -119,6 +119,13 @@ test('a 1 GiB snapshot is copied bj -> hkg and bj -> gz in one call; each copy r
   // Text ranges compress: fewer bytes on the wire than the data itself.
   const wire = await metric(server.urls.bj!, 'snapferry_replication_bytes_sent_total', { destination: 'hkg' });
   assert.ok(wire < image.dataBytes, `wire ${wire} should be below the ${image.dataBytes} data bytes`);
+  // Compression at rest (CS-4): the text chunks are kept as zstd frames where they were captured
+  // and where they were copied to (the destination keeps the frame it received); the restores
+  // below read them back bit-identical.
+  for (const region of ['bj', 'hkg', 'gz']) {
+    const packed = await packedChunkFiles(join(server.dataDir, region, 'chunks'));
+    assert.ok(packed >= 1, `${region} keeps its text chunks packed (${packed} .zst files)`);
+  }
 
   for (const region of ['hkg', 'gz']) {
     const c = sdk(region);
@@ -203,3 +210,13 @@ test('the CLI copies to several regions with --wait, printing progress lines per
   assert.equal(bad.code, 1);
   assert.match(bad.stderr, /^error: OperationDenied: /m);
 });
+
+/** `.zst` chunk files under a local chunk store's fan-out directories. */
+async function packedChunkFiles(root: string): Promise<number> {
+  let n = 0;
+  for (const dir of await readdir(root)) {
+    if (dir.length !== 2) continue;
+    for (const name of await readdir(join(root, dir))) if (name.endsWith('.zst')) n++;
+  }
+  return n;
+}

@@ -23,19 +23,27 @@
  *   its last-used time is before `cutoffMs` and it is not waiting to be synced, atomically with
  *   respect to put/touch of the same id. Resolves true when it deleted.
  * - `list()` yields every stored id with its size and last-used time, in no particular order.
+ * - `put(id, data, packed)` and `putHashed(id, data, packed)`: `packed`, when given, is a zstd frame
+ *   whose content is exactly `data`, made by the caller (a capture's hash worker compressed `data`;
+ *   an incoming copy decoded `packed` into `data`). A store that keeps blobs compressed
+ *   (`storesPacked`) stores that frame instead of `data`; the others ignore it. Whatever is stored,
+ *   `get` answers the plain bytes and re-hashes them after decoding, so a frame that does not decode
+ *   to the id's bytes is caught at read like any damage (invariant CS-4).
  * - `writer()` gives a ChunkWriter: puts whose durability one caller waits for (see below).
  * - `sync()` makes every put that resolved before it durable; it rejects when any of them could not
  *   be made durable (callers on the data path use a writer instead, whose sync fails only for its own).
  * - Ids that are not 64 lower-case hex characters throw `RangeError`.
  */
 export interface ChunkStore {
-  put(id: string, data: Buffer): Promise<boolean>;
+  /** Puts with a `packed` form store that form (compression at rest); false: `packed` is ignored. */
+  readonly storesPacked: boolean;
+  put(id: string, data: Buffer, packed?: Buffer | null): Promise<boolean>;
   /**
    * `put` without the hash check, for a caller that computed `id` from exactly these in-memory
    * bytes a moment before (a snapshot capture): hashing them twice would buy nothing. Never for
    * bytes that arrived from elsewhere (a replication peer, a file): those go through `put`.
    */
-  putHashed(id: string, data: Buffer): Promise<boolean>;
+  putHashed(id: string, data: Buffer, packed?: Buffer | null): Promise<boolean>;
   get(id: string): Promise<Buffer>;
   has(ids: readonly string[]): Promise<Set<string>>;
   touch(ids: readonly string[]): Promise<Set<string>>;
@@ -49,18 +57,29 @@ export interface ChunkStore {
    */
   sweepAbandoned?(cutoffMs: number): Promise<unknown>;
   /**
-   * The stored bytes of `id` read into `into` (which must hold the blob), NOT verified; answers
-   * their length. Only for a caller whose bytes someone else verifies before anything relies on them
-   * (a copy's first send: the destination hashes what arrives). Optional: a store that cannot read
-   * into a caller's memory leaves it out, and such callers use `get`. Throws ChunkNotFoundError.
+   * The stored bytes of `id` read into `into` (which must hold the blob's plain length), NOT
+   * verified, in the form they are stored in: plain (`raw`) or a zstd frame (`zstd`); answers their
+   * length and form. Only for a caller whose bytes someone else verifies before anything relies on
+   * them (a copy's first send: the destination decodes and hashes what arrives). Optional: a store
+   * that cannot read into a caller's memory leaves it out, and such callers use `get`. Throws
+   * ChunkNotFoundError.
    */
-  readInto?(id: string, into: Buffer): Promise<number>;
+  readInto?(id: string, into: Buffer): Promise<StoredRead>;
   writer(): ChunkWriter;
   sync(): Promise<void>;
 }
 
+/** How a blob is stored: its plain bytes, or one zstd frame of them. */
+export type StoredEncoding = 'raw' | 'zstd';
+
+export interface StoredRead {
+  length: number;
+  encoding: StoredEncoding;
+}
+
 export interface StoredBlob {
   id: string;
+  /** Bytes it takes in the store (its compressed size when stored packed). */
   size: number;
   /** When the blob was last put or touched (ms since the epoch). */
   lastUsedMs: number;
@@ -75,9 +94,9 @@ export interface StoredBlob {
  * capture or copy syncs in bounded batches); each sync covers the puts since the previous one.
  */
 export interface ChunkWriter {
-  put(id: string, data: Buffer): Promise<boolean>;
-  putHashed(id: string, data: Buffer): Promise<boolean>;
-  /** Bytes put through this writer (stored or found pending) that are not yet known durable. */
+  put(id: string, data: Buffer, packed?: Buffer | null): Promise<boolean>;
+  putHashed(id: string, data: Buffer, packed?: Buffer | null): Promise<boolean>;
+  /** Plain bytes put through this writer (stored or found pending) that are not yet known durable. */
   readonly unsyncedBytes: number;
   sync(): Promise<void>;
 }

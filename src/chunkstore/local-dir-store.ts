@@ -4,6 +4,14 @@
  * Layout: `root/ab/<64-hex id>` where `ab` is the first two hex characters of the id (256 fan-out
  * directories, created on open), and `root/.tmp/` for blobs that are put but not yet synced.
  *
+ * Compression at rest: a blob put with a `packed` form (a zstd frame of its bytes, made by the
+ * caller: a capture's hash worker, an incoming copy's body) that is smaller than the blob is kept as
+ * that frame, under `root/ab/<id>.zst`; every other blob as its plain bytes under `root/ab/<id>`.
+ * One form per id: a put finds either, a sync that renames one form into place removes the other
+ * (only a damaged plain file can be there then). Reads decode the frame and re-hash the decoded
+ * bytes (CS-4): a frame that does not decode, or decodes to other bytes, is damage like any other.
+ * Stores written before compression at rest hold plain files only and are read as they are.
+ *
  * Crash safety (invariant CS-1: a file under its final name is always whole and durable):
  * - `put` verifies the hash, writes the bytes to a new temp file `root/.tmp/<id>.<nonce>` without
  *   fsync and records it as pending. From then on `get`/`has`/`list` see it (reads go to the temp
@@ -42,6 +50,7 @@ import { constants as fsConstants } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { sha256Hex } from '../lib/sha256-pool.ts';
+import { decodeFrame } from '../lib/zstd.ts';
 import {
   assertChunkId,
   ChunkIntegrityError,
@@ -50,6 +59,7 @@ import {
   type ChunkStore,
   type ChunkWriter,
   type StoredBlob,
+  type StoredRead,
 } from './chunk-store.ts';
 
 export type Hasher = (data: Buffer) => string | Promise<string>;
@@ -72,20 +82,31 @@ export interface LocalDirStoreOptions {
    * operation fails with that error, as if the file system had returned it.
    */
   faultHook?: (op: FaultPoint, path: string) => void | Promise<void>;
+  /** Keep blobs put with a `packed` form as that form (compression at rest). Default true. */
+  storePacked?: boolean;
 }
 
 /** A blob put but not yet durable. Writers keep a reference to learn how its sync went. */
 interface Pending {
   id: string;
   tmpPath: string;
+  /** The temp file holds a zstd frame (its final name is `<id>.zst`). */
+  packed: boolean;
+  /** The blob's plain length (what a writer counts towards its batch). */
   size: number;
+  /** Bytes of the temp file. */
+  storedSize: number;
   lastUsedMs: number;
   /** pending until renamed and its directory synced; lost when its fsync failed (it is gone). */
   state: 'pending' | 'durable' | 'lost';
 }
 
 const HEX = '0123456789abcdef';
-const ID_RE = /^[0-9a-f]{64}$/;
+/** A final file's name: the id, with `.zst` when it holds a zstd frame of the blob. */
+const STORED_NAME_RE = /^([0-9a-f]{64})(\.zst)?$/;
+const PACKED_SUFFIX = '.zst';
+/** No packed blob decodes to more: packed blobs are chunks, at most 64 MiB (config.ts). */
+const PACKED_MAX_PLAIN = 64 << 20;
 /** A new temp file: created, never an existing one. */
 const WRITE_NEW = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL;
 
@@ -93,9 +114,18 @@ function isCode(err: unknown, code: string): boolean {
   return typeof err === 'object' && err !== null && (err as NodeJS.ErrnoException).code === code;
 }
 
+/** Where a final file of an id was found. */
+interface StoredFile {
+  path: string;
+  packed: boolean;
+  size: number;
+  mtimeMs: number;
+}
+
 export class LocalDirChunkStore implements ChunkStore {
   readonly root: string;
   readonly tmpDir: string;
+  readonly storesPacked: boolean;
 
   private readonly hasher: Hasher;
   private readonly syncConcurrency: number;
@@ -126,6 +156,7 @@ export class LocalDirChunkStore implements ChunkStore {
     this.syncConcurrency = Math.max(1, options.syncConcurrency ?? 16);
     this.statConcurrency = Math.max(1, options.statConcurrency ?? 32);
     this.faultHook = options.faultHook;
+    this.storesPacked = options.storePacked ?? true;
   }
 
   /**
@@ -154,10 +185,29 @@ export class LocalDirChunkStore implements ChunkStore {
     await fsyncDir(this.root);
   }
 
-  /** Final path of a chunk (it is there only once synced). */
+  /** Final path of a blob kept plain (it is there only once synced). */
   finalPath(id: string): string {
     assertChunkId(id);
     return join(this.root, id.slice(0, 2), id);
+  }
+
+  /** Final path of a blob kept as a zstd frame (compression at rest). */
+  packedPath(id: string): string {
+    return this.finalPath(id) + PACKED_SUFFIX;
+  }
+
+  /** The final file of `id` in either form, or null. Plain first: incompressible chunks are the most. */
+  private async findStored(id: string): Promise<StoredFile | null> {
+    for (const packed of [false, true]) {
+      const path = packed ? this.packedPath(id) : this.finalPath(id);
+      try {
+        const st = await fsp.stat(path);
+        if (st.isFile()) return { path, packed, size: st.size, mtimeMs: st.mtimeMs };
+      } catch (err) {
+        if (!isCode(err, 'ENOENT') && !isCode(err, 'ENOTDIR')) throw err;
+      }
+    }
+    return null;
   }
 
   /** Number of chunks put but not yet synced. */
@@ -165,23 +215,23 @@ export class LocalDirChunkStore implements ChunkStore {
     return this.pending.size;
   }
 
-  async put(id: string, data: Buffer): Promise<boolean> {
-    return (await this.store(id, data, true)).stored;
+  async put(id: string, data: Buffer, packed?: Buffer | null): Promise<boolean> {
+    return (await this.store(id, data, true, packed ?? null)).stored;
   }
 
-  async putHashed(id: string, data: Buffer): Promise<boolean> {
-    return (await this.store(id, data, false)).stored;
+  async putHashed(id: string, data: Buffer, packed?: Buffer | null): Promise<boolean> {
+    return (await this.store(id, data, false, packed ?? null)).stored;
   }
 
   writer(): ChunkWriter {
-    return new LocalDirWriter(this, (id, data, verify) => this.store(id, data, verify));
+    return new LocalDirWriter(this, (id, data, verify, packed) => this.store(id, data, verify, packed));
   }
 
   /**
    * put/putHashed. `pending` is the not-yet-durable entry the caller now depends on (its own, or one
    * it found), null when the blob is already durable under its final name.
    */
-  private async store(id: string, data: Buffer, verify: boolean): Promise<{ stored: boolean; pending: Pending | null }> {
+  private async store(id: string, data: Buffer, verify: boolean, packed: Buffer | null): Promise<{ stored: boolean; pending: Pending | null }> {
     assertChunkId(id);
     if (verify) {
       const actual = await this.hasher(data);
@@ -189,25 +239,23 @@ export class LocalDirChunkStore implements ChunkStore {
     }
     return this.withLock(id, async () => {
       const now = Date.now();
-      const found = this.pending.get(id);
-      if (found) {
-        found.lastUsedMs = now;
-        return { stored: false, pending: found };
+      const waiting = this.pending.get(id);
+      if (waiting) {
+        waiting.lastUsedMs = now;
+        return { stored: false, pending: waiting };
       }
-      const finalPath = this.finalPath(id);
-      try {
-        const st = await fsp.stat(finalPath);
-        if (st.isFile() && st.size === data.length) {
-          await this.markUsed(finalPath, now);
-          return { stored: false, pending: null };
-        }
-        // Wrong size (or not a file): damaged; store a fresh copy that sync renames over it.
-      } catch (err) {
-        if (!isCode(err, 'ENOENT')) throw err;
+      // A frame's size says nothing about the blob's, so a packed file is trusted as a plain file
+      // of the right size is (scrub finds either damaged).
+      const found = await this.findStored(id);
+      if (found && (found.packed || found.size === data.length)) {
+        if (await this.markUsed(found.path, now)) return { stored: false, pending: null };
       }
+      // Absent, or a plain file of the wrong size (damaged): store a fresh copy that sync renames
+      // into place (removing the damaged one).
+      const body = this.storesPacked && packed && packed.length < data.length ? packed : data;
       const tmpPath = join(this.tmpDir, `${id}.${this.tmpPrefix}.${(this.tmpCounter++).toString(36)}`);
-      await this.writeNewFile(tmpPath, data);
-      const entry: Pending = { id, tmpPath, size: data.length, lastUsedMs: now, state: 'pending' };
+      await this.writeNewFile(tmpPath, body);
+      const entry: Pending = { id, tmpPath, packed: body !== data, size: data.length, storedSize: body.length, lastUsedMs: now, state: 'pending' };
       this.pending.set(id, entry);
       return { stored: true, pending: entry };
     });
@@ -223,7 +271,7 @@ export class LocalDirChunkStore implements ChunkStore {
         if (p) {
           p.lastUsedMs = now;
           present.add(id);
-        } else if (await this.markUsed(this.finalPath(id), now)) {
+        } else if ((await this.markUsed(this.finalPath(id), now)) || (await this.markUsed(this.packedPath(id), now))) {
           present.add(id);
         }
       }),
@@ -235,16 +283,9 @@ export class LocalDirChunkStore implements ChunkStore {
     assertChunkId(id);
     return this.withLock(id, async () => {
       if (this.pending.has(id)) return false; // being written right now: in use by definition
-      const finalPath = this.finalPath(id);
-      let st;
-      try {
-        st = await fsp.stat(finalPath);
-      } catch (err) {
-        if (isCode(err, 'ENOENT')) return false;
-        throw err;
-      }
-      if (!st.isFile() || st.mtimeMs >= cutoffMs) return false;
-      if (await unlinkIfExists(finalPath)) this.dirtyDirs.add(id.slice(0, 2));
+      const found = await this.findStored(id);
+      if (!found || found.mtimeMs >= cutoffMs) return false;
+      if (await unlinkIfExists(found.path)) this.dirtyDirs.add(id.slice(0, 2));
       return true;
     });
   }
@@ -273,24 +314,35 @@ export class LocalDirChunkStore implements ChunkStore {
    * checking that they hash to `id`. Throws `ChunkNotFoundError` for a missing id.
    */
   async readUnverified(id: string): Promise<Buffer> {
+    const { bytes, packed } = await this.readStored(id, (path) => this.readWhole(path));
+    // A frame that does not decode is answered as it is: its hash is not the id's (CS-4).
+    return packed ? (decodeFrame(bytes, PACKED_MAX_PLAIN) ?? bytes) : bytes;
+  }
+
+  /**
+   * Reads the stored form of `id` with `read`: its temp file while pending, else its final file in
+   * either form. A pending blob may be renamed into place between the lookup and the open; trying
+   * the final paths after covers that (an open file handle is unaffected by a later rename or
+   * delete). Throws ChunkNotFoundError.
+   */
+  private async readStored<T>(id: string, read: (path: string) => Promise<T>): Promise<{ bytes: T; packed: boolean }> {
     assertChunkId(id);
-    const finalPath = this.finalPath(id);
-    // A pending chunk may be renamed into place between the lookup and the open; one retry on the
-    // final path covers that (an open file handle is unaffected by a later rename or delete).
     const p = this.pending.get(id);
     if (p) {
       try {
-        return await this.readWhole(p.tmpPath);
+        return { bytes: await read(p.tmpPath), packed: p.packed };
       } catch (err) {
         if (!isCode(err, 'ENOENT')) throw err;
       }
     }
-    try {
-      return await this.readWhole(finalPath);
-    } catch (err) {
-      if (isCode(err, 'ENOENT') || isCode(err, 'EISDIR')) throw new ChunkNotFoundError(id);
-      throw err;
+    for (const packed of [false, true]) {
+      try {
+        return { bytes: await read(packed ? this.packedPath(id) : this.finalPath(id)), packed };
+      } catch (err) {
+        if (!isCode(err, 'ENOENT') && !isCode(err, 'EISDIR')) throw err;
+      }
     }
+    throw new ChunkNotFoundError(id);
   }
 
   /**
@@ -298,22 +350,9 @@ export class LocalDirChunkStore implements ChunkStore {
    * (O_DIRECT) when that memory is page-aligned (lib/aligned-memory.ts): a chunk read to be sent
    * is read once, and the copy out of the page cache was the largest CPU cost of a copy's reads.
    */
-  async readInto(id: string, into: Buffer): Promise<number> {
-    assertChunkId(id);
-    const p = this.pending.get(id);
-    if (p) {
-      try {
-        return await this.readWholeInto(p.tmpPath, into);
-      } catch (err) {
-        if (!isCode(err, 'ENOENT')) throw err;
-      }
-    }
-    try {
-      return await this.readWholeInto(this.finalPath(id), into);
-    } catch (err) {
-      if (isCode(err, 'ENOENT') || isCode(err, 'EISDIR')) throw new ChunkNotFoundError(id);
-      throw err;
-    }
+  async readInto(id: string, into: Buffer): Promise<StoredRead> {
+    const { bytes, packed } = await this.readStored(id, (path) => this.readWholeInto(path, into));
+    return { length: bytes, encoding: packed ? 'zstd' : 'raw' };
   }
 
   /**
@@ -344,14 +383,8 @@ export class LocalDirChunkStore implements ChunkStore {
       else toStat.push(id);
     }
     await mapLimit(toStat, this.statConcurrency, async (id) => {
-      try {
-        const st = await fsp.stat(this.finalPath(id));
-        if (st.isFile()) present.add(id);
-      } catch (err) {
-        if (!isCode(err, 'ENOENT')) throw err;
-        // Absent, unless a put that finished while this call ran made it pending.
-        if (this.pending.has(id)) present.add(id);
-      }
+      // Absent, unless a put that finished while this call ran made it pending.
+      if ((await this.findStored(id)) || this.pending.has(id)) present.add(id);
     });
     return present;
   }
@@ -365,7 +398,9 @@ export class LocalDirChunkStore implements ChunkStore {
         p.state = 'lost'; // a writer that relied on it must not report it durable
         await unlinkIfExists(p.tmpPath);
       }
-      if (await unlinkIfExists(this.finalPath(id))) this.dirtyDirs.add(id.slice(0, 2));
+      const plainGone = await unlinkIfExists(this.finalPath(id));
+      const packedGone = await unlinkIfExists(this.packedPath(id));
+      if (plainGone || packedGone) this.dirtyDirs.add(id.slice(0, 2));
     });
   }
 
@@ -374,7 +409,7 @@ export class LocalDirChunkStore implements ChunkStore {
     const yielded = new Set<string>();
     for (const [id, p] of [...this.pending]) {
       yielded.add(id);
-      yield { id, size: p.size, lastUsedMs: p.lastUsedMs };
+      yield { id, size: p.storedSize, lastUsedMs: p.lastUsedMs };
     }
     for (const a of HEX) {
       for (const b of HEX) {
@@ -386,11 +421,17 @@ export class LocalDirChunkStore implements ChunkStore {
           if (isCode(err, 'ENOENT')) continue;
           throw err;
         }
-        const ids = names.filter((n) => ID_RE.test(n) && n.startsWith(dir) && !yielded.has(n));
+        // One entry per id: both forms of one id are there only for a moment (a sync replacing a
+        // damaged plain file), and either describes the blob.
+        const inDir = new Map<string, string>();
+        for (const name of names) {
+          const m = STORED_NAME_RE.exec(name);
+          if (m && m[1]!.startsWith(dir) && !yielded.has(m[1]!)) inDir.set(m[1]!, name);
+        }
         const found: StoredBlob[] = [];
-        await mapLimit(ids, this.statConcurrency, async (id) => {
+        await mapLimit([...inDir], this.statConcurrency, async ([id, name]) => {
           try {
-            const st = await fsp.stat(join(this.root, dir, id));
+            const st = await fsp.stat(join(this.root, dir, name));
             if (st.isFile()) found.push({ id, size: st.size, lastUsedMs: st.mtimeMs });
           } catch (err) {
             if (!isCode(err, 'ENOENT')) throw err;
@@ -451,10 +492,13 @@ export class LocalDirChunkStore implements ChunkStore {
       await this.withLock(p.id, async () => {
         if (this.pending.get(p.id) !== p) return; // deleted meanwhile
         try {
-          await this.renameIntoPlace(p.tmpPath, this.finalPath(p.id));
+          await this.renameIntoPlace(p.tmpPath, p.packed ? this.packedPath(p.id) : this.finalPath(p.id));
+          // One form per id: the other can only be a damaged plain file this put replaces (a put
+          // that finds a sound one stores nothing). Its removal is made durable with the rename's.
+          await unlinkIfExists(p.packed ? this.finalPath(p.id) : this.packedPath(p.id));
         } catch (err) {
           errors.push(err);
-          return; // stays pending (its temp file is intact); a later sync retries
+          return; // stays pending (its temp file, or its final file, is intact); a later sync retries
         }
         this.pending.delete(p.id);
         const dir = p.id.slice(0, 2);
@@ -610,19 +654,19 @@ class LocalDirWriter implements ChunkWriter {
 
   constructor(
     private readonly owner: LocalDirChunkStore,
-    private readonly storeBlob: (id: string, data: Buffer, verify: boolean) => Promise<{ stored: boolean; pending: Pending | null }>,
+    private readonly storeBlob: (id: string, data: Buffer, verify: boolean, packed: Buffer | null) => Promise<{ stored: boolean; pending: Pending | null }>,
   ) {}
 
   get unsyncedBytes(): number {
     return this.bytes;
   }
 
-  put(id: string, data: Buffer): Promise<boolean> {
-    return this.track(this.storeBlob(id, data, true));
+  put(id: string, data: Buffer, packed?: Buffer | null): Promise<boolean> {
+    return this.track(this.storeBlob(id, data, true, packed ?? null));
   }
 
-  putHashed(id: string, data: Buffer): Promise<boolean> {
-    return this.track(this.storeBlob(id, data, false));
+  putHashed(id: string, data: Buffer, packed?: Buffer | null): Promise<boolean> {
+    return this.track(this.storeBlob(id, data, false, packed ?? null));
   }
 
   async sync(): Promise<void> {

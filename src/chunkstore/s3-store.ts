@@ -117,6 +117,8 @@ const NAMESPACE_RE = /^[a-z0-9][a-z0-9-]*$/;
 
 
 export class S3ChunkStore implements ChunkStore {
+  /** Objects hold plain bytes: no compression at rest here (a copy out of this store compresses for the wire). */
+  readonly storesPacked = false;
   readonly namespace: string;
   readonly stats: S3StoreStats = { requests: 0, retries: 0 };
   private readonly objects: S3Objects;

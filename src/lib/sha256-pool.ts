@@ -26,6 +26,13 @@
  *
  * The caller must not modify `data` until the returned promise settles (the copy into a slot may
  * happen later, when a slot frees up).
+ *
+ * `hashAndPack` also answers a zstd frame (level 1) of the input when it compresses by at least
+ * 10 %: compression at rest (docs/design.md, CS-4), done in the same worker task that hashes the
+ * chunk anyway (the bytes are in that worker's memory already, often in place), so the event loop
+ * never compresses a captured chunk. A 64 KiB sample is compressed first, so an incompressible input
+ * costs a small compression only. The frame comes back in an ArrayBuffer of its own, transferred
+ * (no copy on the way back). `hash` tasks never compress and their messages carry no `pack` field.
  */
 import { createHash } from 'node:crypto';
 import { availableParallelism } from 'node:os';
@@ -59,8 +66,38 @@ interface Task {
   data: Uint8Array;
   /** Bytes already copied into slots and posted. */
   sent: number;
-  resolve(hex: string): void;
+  /** Also compress (hashAndPack); only tasks posted in one part are compressed. */
+  pack: boolean;
+  /** `packed` is the frame of a hashAndPack task, null otherwise. */
+  resolve(hex: string, packed: Buffer | null): void;
   reject(err: Error): void;
+}
+
+/** hashAndPack considers inputs of at least this many bytes (smaller chunks gain little). */
+export const PACK_MIN_BYTES = 128 * 1024;
+/** The sample compressed first: when it does not compress, neither is the rest tried. */
+export const PACK_SAMPLE_BYTES = 64 * 1024;
+/** A frame is kept only when it is below this fraction of the input (as the wire's rule). */
+export const PACK_WORTH = 0.9;
+/** zstd level: 1, as on the wire (fast enough to run on every captured chunk). */
+export const PACK_LEVEL = 1;
+
+/** The rule as the worker receives it in a `hash` message: its only copy of these numbers. */
+export interface PackRule {
+  min: number;
+  sample: number;
+  worth: number;
+  level: number;
+}
+
+const PACK_RULE: PackRule = { min: PACK_MIN_BYTES, sample: PACK_SAMPLE_BYTES, worth: PACK_WORTH, level: PACK_LEVEL };
+
+interface DoneMessage {
+  type: string;
+  task: number;
+  slot: number;
+  hex?: string;
+  packed?: ArrayBuffer | null;
 }
 
 interface PoolWorker {
@@ -106,11 +143,31 @@ export class Sha256Pool {
         return Promise.reject(err);
       }
     }
+    // The promise's own resolve: it takes the hex and ignores the (always null) frame.
+    return new Promise<string>((resolve, reject) => this.enqueue(data, false, resolve, reject));
+  }
+
+  /**
+   * The SHA-256 of `data` and, when it compresses well, a zstd frame (level 1) of it: `packed` is
+   * null for inputs under PACK_MIN_BYTES, inputs whose first PACK_SAMPLE_BYTES do not compress below
+   * PACK_WORTH, whole inputs that do not, and inputs the pool sends in parts (larger than a slot and
+   * not in shared memory). Same threading and memory rules as `hash`; an input that is considered
+   * for compression always goes to a worker, even below `inlineBelow` (the event loop never
+   * compresses). A compression error is no frame (`packed` null), never a failed hash. Rejects with
+   * `Sha256PoolClosedError` after `close()`.
+   */
+  hashAndPack(data: Uint8Array): Promise<{ hex: string; packed: Buffer | null }> {
+    if (data.byteLength < PACK_MIN_BYTES) return this.hash(data).then((hex) => ({ hex, packed: null }));
+    if (this.closed) return Promise.reject(new Sha256PoolClosedError());
+    return new Promise((resolve, reject) =>
+      this.enqueue(data, true, (hex, packed) => resolve({ hex, packed }), reject),
+    );
+  }
+
+  private enqueue(data: Uint8Array, pack: boolean, resolve: Task['resolve'], reject: Task['reject']): void {
     if (this.workers.length === 0) this.spawnAll();
-    return new Promise<string>((resolve, reject) => {
-      this.queue.push({ id: this.nextTaskId++, data, sent: 0, resolve, reject });
-      this.pump();
-    });
+    this.queue.push({ id: this.nextTaskId++, data, sent: 0, pack, resolve, reject });
+    this.pump();
   }
 
   /**
@@ -162,9 +219,7 @@ export class Sha256Pool {
       exited: false,
     };
     worker.postMessage({ type: 'slots', slots });
-    worker.on('message', (msg: { type: string; task: number; slot: number; hex?: string }) =>
-      this.onMessage(w, msg),
-    );
+    worker.on('message', (msg: DoneMessage) => this.onMessage(w, msg));
     // An 'error' event is followed by 'exit'; the exit handler does the cleanup.
     worker.on('error', (err) => this.onWorkerGone(w, err));
     worker.on('exit', (code) =>
@@ -175,14 +230,15 @@ export class Sha256Pool {
     return w;
   }
 
-  private onMessage(w: PoolWorker, msg: { type: string; task: number; slot: number; hex?: string }): void {
+  private onMessage(w: PoolWorker, msg: DoneMessage): void {
     if (this.closed) return;
     w.freeSlots.push(msg.slot);
     if (msg.type === 'done') {
       const t = w.tasks.get(msg.task);
       w.tasks.delete(msg.task);
       if (w.tasks.size === 0) w.worker.unref();
-      if (t) t.resolve(msg.hex!);
+      // Buffer.from(ArrayBuffer) is a view, not a copy: the frame owns exactly its transferred memory.
+      if (t) t.resolve(msg.hex!, msg.packed ? Buffer.from(msg.packed) : null);
     }
     this.pump();
   }
@@ -226,7 +282,7 @@ export class Sha256Pool {
       // Zero copy: the worker reads the caller's shared memory directly (the slot is only taken
       // to bound how many tasks a worker has queued).
       t.sent = t.data.byteLength;
-      w.worker.postMessage({
+      const msg = {
         type: 'hash',
         task: t.id,
         slot,
@@ -234,7 +290,9 @@ export class Sha256Pool {
         final: true,
         shared: t.data.buffer,
         offset: t.data.byteOffset,
-      });
+      };
+      // Shared input is always sent whole, so it can always be compressed.
+      w.worker.postMessage(t.pack ? { ...msg, pack: PACK_RULE } : msg);
       return;
     }
     const length = Math.min(this.slotSize, t.data.byteLength - t.sent);
@@ -242,6 +300,13 @@ export class Sha256Pool {
     t.sent += length;
     const final = t.sent === t.data.byteLength;
     w.feeding = final ? null : t;
-    w.worker.postMessage({ type: 'hash', task: t.id, slot, length, final });
+    // Only a task sent whole is compressed: the worker sees the whole input in one slot then. A task
+    // streamed in parts is hashed only (its frame would need the parts kept or a streaming context;
+    // a 1 MiB chunk fits the default 4 MiB slot). hash() messages stay as they were, without `pack`.
+    if (t.pack && final && t.sent === length) {
+      w.worker.postMessage({ type: 'hash', task: t.id, slot, length, final, pack: PACK_RULE });
+    } else {
+      w.worker.postMessage({ type: 'hash', task: t.id, slot, length, final });
+    }
   }
 }

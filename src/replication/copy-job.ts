@@ -16,12 +16,12 @@
  * PROGRESS_EVERY_MS and at least every PROGRESS_AT_LEAST_EVERY_MS while that is the case.
  */
 import { createHash } from 'node:crypto';
-import { createRequire } from 'node:module';
-import { ChunkIntegrityError, ChunkNotFoundError, type ChunkStore } from '../chunkstore/chunk-store.ts';
+import { ChunkIntegrityError, ChunkNotFoundError, type ChunkStore, type StoredEncoding, type StoredRead } from '../chunkstore/chunk-store.ts';
 import type { JobControl, JobHandler, RetryPolicy } from '../jobs/job-runner.ts';
 import { PermanentJobError } from '../jobs/job-runner.ts';
 import { AlignedBufferPool } from '../lib/aligned-memory.ts';
 import { mapLimit } from '../lib/map-limit.ts';
+import { zstd } from '../lib/zstd.ts';
 import type { JobRecord } from '../metadata/metadata-store.ts';
 import type { Manifest } from '../repository/manifest.ts';
 import { COPY_JOB, type CopyPayload } from './copy-payload.ts';
@@ -261,8 +261,8 @@ function* copyBatches(manifest: Manifest, size: number): IterableIterator<Array<
  * per GiB, 3-5 CPU seconds per GiB).
  */
 interface StoredReads {
-  /** The bytes of `id` and a release to call once nothing reads them any more. */
-  read(id: string): Promise<{ data: Buffer; release(): void }>;
+  /** The stored bytes of `id`, their form, and a release to call once nothing reads them any more. */
+  read(id: string): Promise<{ data: Buffer; encoding: StoredEncoding; release(): void }>;
 }
 
 function storedReads(store: ChunkStore, buffers: AlignedBufferPool, chunkSize: number): StoredReads | null {
@@ -271,16 +271,17 @@ function storedReads(store: ChunkStore, buffers: AlignedBufferPool, chunkSize: n
   return {
     async read(id) {
       const buffer = buffers.take(chunkSize);
-      let n: number;
+      let stored: StoredRead;
       try {
-        n = await readInto(id, buffer);
+        stored = await readInto(id, buffer);
       } catch (e) {
         buffers.give(buffer);
         throw e;
       }
       let held = true;
       return {
-        data: buffer.subarray(0, n),
+        data: buffer.subarray(0, stored.length),
+        encoding: stored.encoding,
         release: () => {
           if (held) buffers.give(buffer);
           held = false;
@@ -297,6 +298,9 @@ function storedReads(store: ChunkStore, buffers: AlignedBufferPool, chunkSize: n
  * chunk verified (`get` re-hashes), so a chunk damaged at the source fails the copy as damaged
  * (ChunkIntegrityError, permanent) instead of being sent again and again.
  *
+ * A chunk stored compressed (compression at rest) goes as it is stored: it was compressed once, when
+ * it was captured or received. Any other is compressed for the wire where that pays.
+ *
  * The body's signed digest is the chunk id for a raw chunk (its bytes' SHA-256, if they are what
  * the store says), else the SHA-256 of the compressed bytes (small: they compressed well).
  */
@@ -304,9 +308,9 @@ async function sendChunk(deps: CopyJobDeps, peer: PeerClient, destSnapshotId: st
   let size = 0;
   await withResends(deps, peer, id, labels, async (attempt) => {
     size = 0;
-    const { data, release } = attempt === 1 && reads ? await reads.read(id) : { data: await deps.chunks.get(id), release: () => undefined };
+    const { data, encoding: stored, release } = attempt === 1 && reads ? await reads.read(id) : { data: await deps.chunks.get(id), encoding: 'raw' as const, release: () => undefined };
     try {
-      const [body, encoding] = encodeForWire(data);
+      const [body, encoding] = stored === 'zstd' ? [data, stored] : encodeForWire(data);
       size = body.length;
       await peer.putChunk(destSnapshotId, id, body, encoding, signal, encoding === 'raw' ? id : createHash('sha256').update(body).digest('hex'));
     } finally {
@@ -388,7 +392,6 @@ function nonZeroBytes(m: Manifest): number {
 }
 
 /** One compression context and scratch buffer for the process: compression is synchronous, so calls never overlap. */
-const zstd = createRequire(import.meta.url)('zstd-napi/binding') as typeof import('zstd-napi/binding.js');
 const cctx = new zstd.CCtx();
 let scratch = Buffer.alloc(0);
 

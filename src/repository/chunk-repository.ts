@@ -14,6 +14,11 @@ import { Manifest } from './manifest.ts';
 
 export interface Hasher {
   hash(data: Buffer): Promise<string>;
+  /**
+   * The hash and, when `data` compresses well, a zstd frame of it, in one pass off the event loop
+   * (Sha256Pool). Optional: without it, chunks are stored plain.
+   */
+  hashAndPack?(data: Buffer): Promise<{ hex: string; packed: Buffer | null }>;
 }
 
 export class RepositoryMetrics {
@@ -43,12 +48,14 @@ export class ChunkRepository {
 
   /**
    * Stores one chunk's bytes through `writer` unless they are all zero (zero chunks are never
-   * stored); returns its id, or null for a zero chunk. Not durable until `writer.sync()`.
+   * stored); returns its id, or null for a zero chunk. Not durable until `writer.sync()`. Into a
+   * store that keeps chunks compressed, a chunk that compresses well goes as a zstd frame, made
+   * where it is hashed (compression at rest: docs/design.md).
    */
   async storeChunk(data: Buffer, writer: ChunkWriter): Promise<string | null> {
     if (isAllZero(data)) return null;
-    const id = await this.hasher.hash(data);
-    if (await writer.putHashed(id, data)) {
+    const { hex: id, packed } = this.chunks.storesPacked && this.hasher.hashAndPack ? await this.hasher.hashAndPack(data) : { hex: await this.hasher.hash(data), packed: null };
+    if (await writer.putHashed(id, data, packed)) {
       this.metrics.chunksWritten.inc();
       this.metrics.chunkBytesWritten.inc(data.length);
     } else {

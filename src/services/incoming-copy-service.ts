@@ -19,12 +19,12 @@
  * and any process serving this region answers the same.
  */
 import { createHash } from 'node:crypto';
-import { createRequire } from 'node:module';
 import { ChunkIntegrityError, ChunkNotFoundError, ChunksLostError, type ChunkWriter } from '../chunkstore/chunk-store.ts';
 import { ApiError } from '../domain/errors.ts';
 import type { Snapshot } from '../domain/snapshot.ts';
 import { AlignedBufferPool } from '../lib/aligned-memory.ts';
 import type { Counter, MetricsRegistry } from '../lib/metrics.ts';
+import { zstd } from '../lib/zstd.ts';
 import { Manifest } from '../repository/manifest.ts';
 import { MANIFEST_MAX_PARTS, MANIFEST_PART_MAX_BYTES, type ReserveRequest } from '../replication/peer-client.ts';
 import type { Region } from './region-context.ts';
@@ -266,15 +266,18 @@ export class IncomingCopyService {
     }
     if (encoding === 'raw' && body.length > this.region.repo.chunkSize) throw new ApiError('ChunkTooLarge', `The chunk has ${body.length} bytes; chunks here have at most ${this.region.repo.chunkSize}.`);
     const unpacked = encoding === 'zstd' ? decompressChunk(body, this.region.repo.chunkSize, (n) => this.buffers.lease(n)) : null;
+    // Compression at rest: the frame just decoded is kept as it came, if its header declares the
+    // size it decoded to (the store's reads rely on that); the store hashes the decoded bytes.
+    const packed = unpacked && zstd.getFrameContentSize(body) === unpacked.buffer.length ? body : null;
     try {
-      await this.keepChunk(id, chunkId, unpacked?.buffer ?? body, digestIsId, body.length);
+      await this.keepChunk(id, chunkId, unpacked?.buffer ?? body, packed, digestIsId, body.length);
     } finally {
       unpacked?.release();
     }
   }
 
   /** Stores a chunk received for the copy `id` through the copy's writer, within its batch. */
-  private async keepChunk(id: string, chunkId: string, data: Buffer, digestIsId: boolean, bodyLength: number): Promise<void> {
+  private async keepChunk(id: string, chunkId: string, data: Buffer, packed: Buffer | null, digestIsId: boolean, bodyLength: number): Promise<void> {
     await this.stillIncoming(id); // the state lives in the metadata store
     const batch = this.batchFor(id);
     batch.inflight++;
@@ -284,7 +287,7 @@ export class IncomingCopyService {
       let stored: boolean;
       try {
         // The store hashes on put and keeps nothing whose hash differs from the id.
-        stored = await batch.writer.put(chunkId, data);
+        stored = await batch.writer.put(chunkId, data, packed);
       } catch (e) {
         if (e instanceof ChunkIntegrityError) {
           if (digestIsId) throw new ApiError('BadDigest', `The body (${bodyLength} bytes) does not hash to its x-bce-content-sha256; nothing of it was applied.`);
@@ -561,7 +564,6 @@ export class IncomingCopyService {
 }
 
 /** One decompression context for the process: `decompress` is synchronous, so calls never overlap. */
-const zstd = createRequire(import.meta.url)('zstd-napi/binding') as typeof import('zstd-napi/binding.js');
 const dctx = new zstd.DCtx();
 
 /**

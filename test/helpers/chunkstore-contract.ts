@@ -13,6 +13,7 @@ import {
   ChunkNotFoundError,
   type ChunkStore,
 } from '../../src/chunkstore/chunk-store.ts';
+import { decodeFrame, zstd } from '../../src/lib/zstd.ts';
 
 export interface ContractFixture {
   store: ChunkStore;
@@ -22,6 +23,19 @@ export interface ContractFixture {
 
 export function sha256(data: Uint8Array): string {
   return createHash('sha256').update(data).digest('hex');
+}
+
+/** Bytes that compress well (lines of text), their id, and a zstd frame of them. */
+export function compressible(size = 256 << 10, seed = randomBytes(4).toString('hex')): { id: string; data: Buffer; packed: Buffer } {
+  const line = `${seed} the quick brown fox jumps over the lazy dog 0123456789\n`;
+  const data = Buffer.alloc(size, line);
+  return { id: sha256(data), data, packed: frameOf(data) };
+}
+
+/** A zstd frame (level 1) of `data`. */
+export function frameOf(data: Buffer): Buffer {
+  const out = Buffer.alloc(zstd.compressBound(data.length));
+  return out.subarray(0, new zstd.CCtx().compress(out, data, 1));
 }
 
 /** Random bytes and their id. */
@@ -384,6 +398,73 @@ export function chunkStoreContract(
         if (present) assert.deepEqual(await store.get(id), data);
         else await assert.rejects(store.get(id), ChunkNotFoundError);
       }
+    }));
+
+    it('CS-4: a put with a packed form answers the plain bytes to get, pending and synced; has, touch, list and a second put see one blob', withStore(async ({ store }) => {
+      const c = compressible();
+      assert.equal(await store.putHashed(c.id, c.data, c.packed), true);
+      const check = async (): Promise<void> => {
+        assert.deepEqual(await store.get(c.id), c.data);
+        assert.deepEqual(await store.has([c.id]), new Set([c.id]));
+        assert.deepEqual(await store.touch([c.id]), new Set([c.id]));
+        const listed = await listAll(store);
+        assert.deepEqual([...listed.keys()], [c.id]);
+        // What it takes in the store: the frame where the store keeps it, else the plain bytes.
+        assert.equal(listed.get(c.id)!.size, store.storesPacked ? c.packed.length : c.data.length);
+      };
+      await check();
+      await store.sync();
+      await check();
+      assert.equal(await store.put(c.id, c.data, c.packed), false, 'a second put finds it');
+      assert.equal(await store.put(c.id, c.data), false, 'and so does one without a packed form');
+      await check();
+    }));
+
+    it('CS-4: a packed form is never trusted over the id: a frame of other bytes put under it is caught at get, or ignored', withStore(async ({ store }) => {
+      const c = compressible();
+      const other = compressible(c.data.length);
+      await store.putHashed(c.id, c.data, other.packed);
+      await store.sync();
+      if (store.storesPacked) await assert.rejects(store.get(c.id), (e: unknown) => e instanceof ChunkIntegrityError && e.id === c.id && e.actual === other.id);
+      else assert.deepEqual(await store.get(c.id), c.data);
+      // A frame that is not zstd at all: the same.
+      const d = compressible();
+      await store.putHashed(d.id, d.data, randomBytes(1000));
+      if (store.storesPacked) await assert.rejects(store.get(d.id), ChunkIntegrityError);
+      else assert.deepEqual(await store.get(d.id), d.data);
+    }));
+
+    it('readInto answers a blob stored packed in its stored form, which decodes to the blob', withStore(async ({ store }) => {
+      if (!store.readInto) return; // optional (the S3 store has none)
+      const c = compressible();
+      const r = blob(200_000);
+      await store.putHashed(c.id, c.data, c.packed);
+      await store.putHashed(r.id, r.data, null);
+      for (const when of ['pending', 'synced']) {
+        if (when === 'synced') await store.sync();
+        const into = Buffer.alloc(c.data.length);
+        const got = await store.readInto(c.id, into);
+        const bytes = into.subarray(0, got.length);
+        if (got.encoding === 'zstd') assert.deepEqual(decodeFrame(bytes, c.data.length), c.data, when);
+        else assert.deepEqual(bytes, c.data, when);
+        assert.equal(got.encoding, store.storesPacked ? 'zstd' : 'raw', when);
+        const rawInto = Buffer.alloc(r.data.length);
+        assert.deepEqual(await store.readInto(r.id, rawInto), { length: r.data.length, encoding: 'raw' }, when);
+        assert.deepEqual(rawInto, r.data);
+      }
+    }));
+
+    it('delete and deleteIfUnusedSince remove a blob stored packed', withStore(async ({ store }) => {
+      const a = compressible();
+      const b = compressible();
+      await store.putHashed(a.id, a.data, a.packed);
+      await store.putHashed(b.id, b.data, b.packed);
+      await store.sync();
+      await store.delete(a.id);
+      assert.equal(await store.deleteIfUnusedSince(b.id, Date.now() + 60_000), true);
+      for (const id of [a.id, b.id]) await assert.rejects(store.get(id), ChunkNotFoundError);
+      assert.equal((await store.has([a.id, b.id])).size, 0);
+      assert.equal((await listAll(store)).size, 0);
     }));
   });
 }

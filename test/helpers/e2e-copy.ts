@@ -42,15 +42,19 @@ export async function copyTo(url: string, tenant: Tenant, snapshotId: string, de
   return result[0].snapshotId;
 }
 
-/** How many of `ids` are durable chunk files of `region` under `dataDir` (the local store's layout). */
+/** How many of `ids` are durable chunk files of `region` under `dataDir` (the local store's layout: plain, or `.zst`). */
 export async function durableChunks(dataDir: string, region: string, ids: Iterable<string>): Promise<number> {
   let n = 0;
   for (const id of ids) {
-    try {
-      await access(join(dataDir, region, 'chunks', id.slice(0, 2), id));
-      n++;
-    } catch {
-      /* not there */
+    const plain = join(dataDir, region, 'chunks', id.slice(0, 2), id);
+    for (const path of [plain, `${plain}.zst`]) {
+      try {
+        await access(path);
+        n++;
+        break;
+      } catch {
+        /* not in this form */
+      }
     }
   }
   return n;
