@@ -493,14 +493,16 @@ export class LocalDirChunkStore implements ChunkStore {
         if (this.pending.get(p.id) !== p) return; // deleted meanwhile
         try {
           await this.renameIntoPlace(p.tmpPath, p.packed ? this.packedPath(p.id) : this.finalPath(p.id));
-          // One form per id: the other can only be a damaged plain file this put replaces (a put
-          // that finds a sound one stores nothing). Its removal is made durable with the rename's.
-          await unlinkIfExists(p.packed ? this.finalPath(p.id) : this.packedPath(p.id));
         } catch (err) {
           errors.push(err);
-          return; // stays pending (its temp file, or its final file, is intact); a later sync retries
+          return; // stays pending (its temp file is intact); a later sync retries
         }
         this.pending.delete(p.id);
+        // One form per id: the other can only be a damaged plain file this put replaces (a put that
+        // finds a sound one stores nothing). Its removal is made durable with the rename's. If it
+        // cannot be removed, the blob is still placed: the damaged file fails reads until a scrub
+        // deletes the id, as any damaged file does.
+        await unlinkIfExists(p.packed ? this.finalPath(p.id) : this.packedPath(p.id)).catch((err: unknown) => errors.push(err));
         const dir = p.id.slice(0, 2);
         dirs.add(dir);
         const waiting = this.awaitingDirSync.get(dir);
