@@ -227,6 +227,10 @@ class Rng {
     }
     return items;
   }
+  /** A chunk of text lines unique to this seed and stream: compresses ~50x, so it is stored packed (CS-4). */
+  text(n: number): Buffer {
+    return Buffer.alloc(n, `chaos text ${this.seed}:${this.streams++} the quick brown fox jumps over the lazy dog\n`);
+  }
   /** Pseudo-random bytes (AES-128-CTR keyed by the seed and a stream counter): fast, reproducible, incompressible. */
   bytes(n: number): Buffer {
     const key = createHash('sha256').update(`chaos-bytes:${this.seed}:${this.streams++}`).digest().subarray(0, 16);
@@ -327,7 +331,8 @@ function planWrites(rng: Rng, base: Image, n: { fresh: number; repeat: number; z
     writes.push({ chunk: i, offset: i * CHUNK, data: buf, zeroLength: 0 });
     image.set(i, buf);
   };
-  for (let k = 0; k < n.fresh; k++) data(freeIndex(), rng.bytes(CHUNK));
+  // A third of the fresh chunks compress (stored as zstd frames at rest, sent as stored), the rest do not.
+  for (let k = 0; k < n.fresh; k++) data(freeIndex(), rng.chance(1 / 3) ? rng.text(CHUNK) : rng.bytes(CHUNK));
   const pool = () => [...image.chunks.values()];
   for (let k = 0; k < n.repeat && pool().length > 0; k++) data(freeIndex(), rng.pick(pool()));
   const withData = rng.shuffle([...image.chunks.keys()].filter((i) => !used.has(i)));
