@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
 import { after, describe, it } from 'node:test';
-import { PACK_MIN_BYTES, PACK_SAMPLE_BYTES, PACK_WORTH, Sha256Pool, Sha256PoolClosedError, sha256Hex } from '../src/lib/sha256-pool.ts';
+import { Sha256Pool, Sha256PoolClosedError, sha256Hex } from '../src/lib/sha256-pool.ts';
+import { PACK_MIN_AT_REST, PACK_SAMPLE_BYTES, PACK_WORTH } from '../src/lib/zstd-pack.mjs';
 
 const ref = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 const POOL_URL = new URL('../src/lib/sha256-pool.ts', import.meta.url).href;
@@ -247,7 +248,7 @@ describe('Sha256Pool.hashAndPack', () => {
   it('an input below 128 KiB that compresses well: no frame, right hex (inline or not)', async () => {
     const p0 = new Sha256Pool({ size: 1, inlineBelow: 0 });
     try {
-      for (const n of [0, 1000, 100 * 1024, PACK_MIN_BYTES - 1]) {
+      for (const n of [0, 1000, 100 * 1024, PACK_MIN_AT_REST - 1]) {
         const b = textBytes(n);
         for (const p of [pool, p0]) {
           const got = await p.hashAndPack(b);
@@ -256,8 +257,8 @@ describe('Sha256Pool.hashAndPack', () => {
         }
       }
       // The boundary itself is considered.
-      const b = textBytes(PACK_MIN_BYTES);
-      assertPacked(await pool.hashAndPack(b), b, 'PACK_MIN_BYTES');
+      const b = textBytes(PACK_MIN_AT_REST);
+      assertPacked(await pool.hashAndPack(b), b, 'PACK_MIN_AT_REST');
     } finally {
       await p0.close();
     }
@@ -324,7 +325,7 @@ describe('Sha256Pool.hashAndPack', () => {
       for (const m of posted) assert.equal('pack' in m, false);
       posted.length = 0;
       assertPacked(await p.hashAndPack(text), text, 'after spying');
-      assert.deepEqual(posted[0]!.pack, { min: PACK_MIN_BYTES, sample: PACK_SAMPLE_BYTES, worth: PACK_WORTH, level: 1 });
+      assert.deepEqual(posted[0]!.pack, { level: 1 });
     } finally {
       await p.close();
     }

@@ -10,10 +10,10 @@
 //   in  { type: 'hash', task, slot, length, final: true, shared, offset }
 //                                                          hash the caller's own SharedArrayBuffer
 //                                                          `shared`[offset, offset + length) instead
-//   in  ... pack: { min, sample, worth, level }            (hashAndPack) on the only message of a
+//   in  ... pack: { level }                                (hashAndPack) on the only message of a
 //                                                          task sent whole: also compress the input
-//                                                          by that rule; the pool's numbers, the
-//                                                          worker has none of its own
+//                                                          by the rule of zstd-pack.mjs, at the
+//                                                          pool's zstd level
 //   out { type: 'done', task, slot, hex }                  final part hashed: hex digest
 //   out { type: 'done', task, slot, hex, packed }          ...of a task with `pack`: `packed` is a
 //                                                          zstd frame in an ArrayBuffer of exactly
@@ -21,44 +21,30 @@
 //   out { type: 'part', task, slot }                       a non-final part consumed, slot is free
 import { parentPort } from 'node:worker_threads';
 import { createHash } from 'node:crypto';
-import { createRequire } from 'node:module';
+import { PACK_MIN_AT_REST, Packer } from './zstd-pack.mjs';
 
 let slots = [];
 /** Open digests of multi-part tasks, by task number. */
 const open = new Map();
 
-// zstd is loaded at the first `pack` task, so workers of a pool that only hashes start as before.
-// One context and one scratch buffer per worker, reused: a worker runs one task at a time.
-let zstd = null;
-let cctx = null;
-let scratch = null;
-
-/** Compresses `input` into the scratch buffer (grown to the bound as needed); the frame's length. */
-function compressToScratch(input, level) {
-  if (cctx === null) {
-    zstd = createRequire(import.meta.url)('zstd-napi/binding');
-    cctx = new zstd.CCtx();
-  }
-  const bound = zstd.compressBound(input.length);
-  if (scratch === null || scratch.length < bound) scratch = Buffer.allocUnsafeSlow(bound);
-  return cctx.compress(scratch, input, level);
-}
+// Made at the first `pack` task, so workers of a pool that only hashes do not load zstd. One per
+// worker, reused: a worker runs one task at a time.
+let packer = null;
 
 /**
- * A zstd frame of `input` in an ArrayBuffer of its own, or null when it does not pay: the sample
- * first (incompressible data costs only that), then the whole. A compression error (or a binding
- * that does not load) is no frame: the hash must not fail because of it.
+ * A zstd frame of `input` in an ArrayBuffer of its own, or null when it does not pay. A
+ * compression error (or a binding that does not load) is no frame: the hash must not fail because
+ * of it.
  */
-function pack(input, { min, sample, worth, level }) {
-  if (input.length < min) return null;
+function pack(input, { level }) {
   try {
-    if (compressToScratch(input.subarray(0, sample), level) >= sample * worth) return null;
-    const n = compressToScratch(input, level);
-    if (n >= input.length * worth) return null;
+    packer ??= new Packer();
+    const n = packer.pack(input, PACK_MIN_AT_REST, level);
+    if (n === 0) return null;
     // Copied out of the scratch buffer (reused by the next task) into memory of exactly the frame's
     // size, which the reply transfers rather than clones.
     const out = new ArrayBuffer(n);
-    new Uint8Array(out).set(scratch.subarray(0, n));
+    new Uint8Array(out).set(packer.scratch.subarray(0, n));
     return out;
   } catch {
     return null;

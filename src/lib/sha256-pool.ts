@@ -37,6 +37,7 @@
 import { createHash } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { PACK_LEVEL, PACK_MIN_AT_REST } from './zstd-pack.mjs';
 
 export interface Sha256PoolOptions {
   /** Number of worker threads; default `os.availableParallelism()`, at least 1. */
@@ -73,25 +74,6 @@ interface Task {
   reject(err: Error): void;
 }
 
-/** hashAndPack considers inputs of at least this many bytes (smaller chunks gain little). */
-export const PACK_MIN_BYTES = 128 * 1024;
-/** The sample compressed first: when it does not compress, neither is the rest tried. */
-export const PACK_SAMPLE_BYTES = 64 * 1024;
-/** A frame is kept only when it is below this fraction of the input (as the wire's rule). */
-export const PACK_WORTH = 0.9;
-/** zstd level: 1, as on the wire (fast enough to run on every captured chunk). */
-export const PACK_LEVEL = 1;
-
-/** The rule as the worker receives it in a `hash` message: its only copy of these numbers. */
-export interface PackRule {
-  min: number;
-  sample: number;
-  worth: number;
-  level: number;
-}
-
-const PACK_RULE: PackRule = { min: PACK_MIN_BYTES, sample: PACK_SAMPLE_BYTES, worth: PACK_WORTH, level: PACK_LEVEL };
-
 interface DoneMessage {
   type: string;
   task: number;
@@ -113,6 +95,8 @@ interface PoolWorker {
 }
 
 const WORKER_URL = new URL('./sha256-pool-worker.mjs', import.meta.url);
+/** The `pack` field of a hashAndPack message: the worker takes the rest of the rule from zstd-pack.mjs. */
+const PACK_FIELD = { level: PACK_LEVEL };
 
 export class Sha256Pool {
   readonly size: number;
@@ -149,15 +133,15 @@ export class Sha256Pool {
 
   /**
    * The SHA-256 of `data` and, when it compresses well, a zstd frame (level 1) of it: `packed` is
-   * null for inputs under PACK_MIN_BYTES, inputs whose first PACK_SAMPLE_BYTES do not compress below
-   * PACK_WORTH, whole inputs that do not, and inputs the pool sends in parts (larger than a slot and
-   * not in shared memory). Same threading and memory rules as `hash`; an input that is considered
+   * null where zstd-pack.mjs's rule says compression does not pay (inputs under PACK_MIN_AT_REST,
+   * inputs whose sample or whole does not compress below PACK_WORTH), and for inputs the pool sends
+   * in parts (larger than a slot and not in shared memory). Same threading and memory rules as `hash`; an input that is considered
    * for compression always goes to a worker, even below `inlineBelow` (the event loop never
    * compresses). A compression error is no frame (`packed` null), never a failed hash. Rejects with
    * `Sha256PoolClosedError` after `close()`.
    */
   hashAndPack(data: Uint8Array): Promise<{ hex: string; packed: Buffer | null }> {
-    if (data.byteLength < PACK_MIN_BYTES) return this.hash(data).then((hex) => ({ hex, packed: null }));
+    if (data.byteLength < PACK_MIN_AT_REST) return this.hash(data).then((hex) => ({ hex, packed: null }));
     if (this.closed) return Promise.reject(new Sha256PoolClosedError());
     return new Promise((resolve, reject) =>
       this.enqueue(data, true, (hex, packed) => resolve({ hex, packed }), reject),
@@ -292,7 +276,7 @@ export class Sha256Pool {
         offset: t.data.byteOffset,
       };
       // Shared input is always sent whole, so it can always be compressed.
-      w.worker.postMessage(t.pack ? { ...msg, pack: PACK_RULE } : msg);
+      w.worker.postMessage(t.pack ? { ...msg, pack: PACK_FIELD } : msg);
       return;
     }
     const length = Math.min(this.slotSize, t.data.byteLength - t.sent);
@@ -304,7 +288,7 @@ export class Sha256Pool {
     // streamed in parts is hashed only (its frame would need the parts kept or a streaming context;
     // a 1 MiB chunk fits the default 4 MiB slot). hash() messages stay as they were, without `pack`.
     if (t.pack && final && t.sent === length) {
-      w.worker.postMessage({ type: 'hash', task: t.id, slot, length, final, pack: PACK_RULE });
+      w.worker.postMessage({ type: 'hash', task: t.id, slot, length, final, pack: PACK_FIELD });
     } else {
       w.worker.postMessage({ type: 'hash', task: t.id, slot, length, final });
     }

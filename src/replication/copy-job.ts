@@ -21,7 +21,7 @@ import type { JobControl, JobHandler, RetryPolicy } from '../jobs/job-runner.ts'
 import { PermanentJobError } from '../jobs/job-runner.ts';
 import { AlignedBufferPool } from '../lib/aligned-memory.ts';
 import { mapLimit } from '../lib/map-limit.ts';
-import { zstd } from '../lib/zstd.ts';
+import { Packer } from '../lib/zstd-pack.mjs';
 import type { JobRecord } from '../metadata/metadata-store.ts';
 import type { Manifest } from '../repository/manifest.ts';
 import { COPY_JOB, type CopyPayload } from './copy-payload.ts';
@@ -53,9 +53,6 @@ export const MISSING_BATCH = 1024;
 export const SENDS_PER_COPY = 16;
 /** Free read buffers kept between uploads, for all of a region's copies together. */
 const READ_BUFFERS_KEPT = 2 * SENDS_PER_COPY;
-/** Send compressed only when the compressed size is below this fraction of the raw size. */
-const COMPRESSION_WORTH = 0.9;
-const COMPRESSION_SAMPLE = 64 * 1024;
 /** Sends of one chunk (or manifest part) the destination found damaged, before the attempt fails. */
 export const SENDS_ON_DAMAGE = 3;
 /** Progress reports (each a durable write on both sides) at most this often... */
@@ -391,27 +388,15 @@ function nonZeroBytes(m: Manifest): number {
   return m.nonZeroCount * m.chunkSize - (m.isZero(last) ? 0 : m.chunkSize - m.chunkLength(last));
 }
 
-/** One compression context and scratch buffer for the process: compression is synchronous, so calls never overlap. */
-const cctx = new zstd.CCtx();
-let scratch = Buffer.alloc(0);
-
-/** Compresses `data` (level 1) into the shared scratch buffer; answers the compressed length. */
-function compressToScratch(data: Buffer): number {
-  const bound = zstd.compressBound(data.length);
-  if (scratch.length < bound) scratch = Buffer.allocUnsafeSlow(bound);
-  return cctx.compress(scratch, data, 1);
-}
+/** The event loop's compressor (compression is synchronous, so calls never overlap). */
+const packer = new Packer();
 
 /**
- * zstd (level 1) when it saves at least 10 %, else raw. A 64 KiB sample is tried first, so
- * incompressible chunks (random data, already compressed files) cost a small compress, not a full
- * one. Compressed into a reused scratch buffer: only the compressed bytes get a buffer of their own
- * (a fresh chunk-sized output buffer per chunk costs the garbage collector more than the compression).
+ * zstd by the rule chunks are compressed by at rest (zstd-pack.mjs: level 1, when it saves at least
+ * 10 %, a 64 KiB sample tried first so incompressible chunks cost a small compression), but with no
+ * minimum size, else raw. Only the compressed bytes get a buffer of their own.
  */
 export function encodeForWire(data: Buffer): [Buffer, 'zstd' | 'raw'] {
-  if (data.length > 2 * COMPRESSION_SAMPLE) {
-    if (compressToScratch(data.subarray(0, COMPRESSION_SAMPLE)) >= COMPRESSION_SAMPLE * COMPRESSION_WORTH) return [data, 'raw'];
-  }
-  const packed = compressToScratch(data);
-  return packed < data.length * COMPRESSION_WORTH ? [Buffer.from(scratch.subarray(0, packed)), 'zstd'] : [data, 'raw'];
+  const n = packer.pack(data, 0);
+  return n > 0 ? [Buffer.from(packer.scratch.subarray(0, n)), 'zstd'] : [data, 'raw'];
 }

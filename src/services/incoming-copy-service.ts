@@ -24,7 +24,7 @@ import { ApiError } from '../domain/errors.ts';
 import type { Snapshot } from '../domain/snapshot.ts';
 import { AlignedBufferPool } from '../lib/aligned-memory.ts';
 import type { Counter, MetricsRegistry } from '../lib/metrics.ts';
-import { zstd } from '../lib/zstd.ts';
+import { decodeFrameInto, frameContentSize } from '../lib/zstd.ts';
 import { Manifest } from '../repository/manifest.ts';
 import { MANIFEST_MAX_PARTS, MANIFEST_PART_MAX_BYTES, type ReserveRequest } from '../replication/peer-client.ts';
 import type { Region } from './region-context.ts';
@@ -265,10 +265,11 @@ export class IncomingCopyService {
       if (encoding === 'raw') throw new ApiError('ChunkDigestMismatch', `The chunk bytes hash to ${actual}, not ${chunkId}.`);
     }
     if (encoding === 'raw' && body.length > this.region.repo.chunkSize) throw new ApiError('ChunkTooLarge', `The chunk has ${body.length} bytes; chunks here have at most ${this.region.repo.chunkSize}.`);
-    const unpacked = encoding === 'zstd' ? decompressChunk(body, this.region.repo.chunkSize, (n) => this.buffers.lease(n)) : null;
+    const decoded = encoding === 'zstd' ? decompressChunk(body, this.region.repo.chunkSize, (n) => this.buffers.lease(n)) : null;
+    const unpacked = decoded?.out ?? null;
     // Compression at rest: the frame just decoded is kept as it came, if its header declares the
     // size it decoded to (the store's reads rely on that); the store hashes the decoded bytes.
-    const packed = unpacked && zstd.getFrameContentSize(body) === unpacked.buffer.length ? body : null;
+    const packed = unpacked && decoded?.declared === unpacked.buffer.length ? body : null;
     try {
       await this.keepChunk(id, chunkId, unpacked?.buffer ?? body, packed, digestIsId, body.length);
     } finally {
@@ -563,30 +564,23 @@ export class IncomingCopyService {
   }
 }
 
-/** One decompression context for the process: `decompress` is synchronous, so calls never overlap. */
-const dctx = new zstd.DCtx();
-
 /**
  * zstd-decompresses a chunk into at most `max` bytes: a body that would expand beyond a chunk is
  * refused (ChunkTooLarge) without allocating more, bytes that do not decompress are damage in
- * transit (ChunkDigestMismatch: the source sends them again).
+ * transit (ChunkDigestMismatch: the source sends them again). `declared` is the size the frame's
+ * header gives, null when it gives none.
  */
-function decompressChunk(body: Buffer, max: number, lease: (length: number) => BodyLease): BodyLease {
-  let declared: number | null;
-  try {
-    declared = zstd.getFrameContentSize(body);
-  } catch {
-    throw new ApiError('ChunkDigestMismatch', 'The compressed chunk cannot be decompressed; it was damaged in transit.');
-  }
+function decompressChunk(body: Buffer, max: number, lease: (length: number) => BodyLease): { out: BodyLease; declared: number | null } {
+  const damaged = (): ApiError => new ApiError('ChunkDigestMismatch', 'The compressed chunk cannot be decompressed; it was damaged in transit.');
+  const declared = frameContentSize(body);
+  if (declared === 'damaged') throw damaged();
   if (declared !== null && declared > max) throw new ApiError('ChunkTooLarge', `The chunk decompresses to ${declared} bytes; chunks here have at most ${max}.`);
   const out = lease(declared ?? max);
-  let n: number;
-  try {
-    n = dctx.decompress(out.buffer, body);
-  } catch (e) {
+  const n = decodeFrameInto(out.buffer, body);
+  if (typeof n !== 'number') {
     out.release();
-    if (/too small/i.test((e as Error).message)) throw new ApiError('ChunkTooLarge', `The chunk decompresses to more than ${max} bytes.`);
-    throw new ApiError('ChunkDigestMismatch', 'The compressed chunk cannot be decompressed; it was damaged in transit.');
+    if (n === 'too-large') throw new ApiError('ChunkTooLarge', `The chunk decompresses to more than ${max} bytes.`);
+    throw damaged();
   }
-  return n === out.buffer.length ? out : { buffer: out.buffer.subarray(0, n), release: () => out.release() };
+  return { out: n === out.buffer.length ? out : { buffer: out.buffer.subarray(0, n), release: () => out.release() }, declared };
 }
