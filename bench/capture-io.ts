@@ -21,7 +21,7 @@ import { constants as fsConstants } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { join } from 'node:path';
 import { alignedSharedMemory } from '../src/lib/aligned-memory.ts';
-import { closeFd, fsyncFd, O_DIRECT, openFd, readFd, writeFd } from '../src/lib/raw-fd.ts';
+import { closeFd, fsyncFd, fsyncPath, O_DIRECT, openFd, readFd, writeFd } from '../src/lib/raw-fd.ts';
 import { argValue, benchDir, dropCaches, MiB, median, randomImage } from './common.ts';
 
 type Variant = 'overlap' | 'phased' | 'fewer' | 'packs';
@@ -96,14 +96,6 @@ class ChunkSink {
   }
 }
 
-async function fsyncPath(path: string): Promise<void> {
-  const fd = await openFd(path, fsConstants.O_RDONLY);
-  try {
-    await fsyncFd(fd);
-  } finally {
-    closeFd(fd);
-  }
-}
 
 async function freshStoreDir(dir: string): Promise<void> {
   await fsp.rm(dir, { recursive: true, force: true });

@@ -44,7 +44,7 @@
 import { DIRECT_IO_ALIGN, isDirectIoReady } from '../lib/aligned-memory.ts';
 import { KeyedMutex } from '../lib/keyed-mutex.ts';
 import { mapLimit } from '../lib/map-limit.ts';
-import { closeFd, fsyncFd, fstatSizeSync, O_DIRECT, openFd, PerhapsDirectFile, readFd, writeFd } from '../lib/raw-fd.ts';
+import { closeFd, fsyncFd, fsyncPath, fstatSizeSync, O_DIRECT, openFd, PerhapsDirectFile, readFd, writeFd } from '../lib/raw-fd.ts';
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import * as fsp from 'node:fs/promises';
@@ -182,7 +182,7 @@ export class LocalDirChunkStore implements ChunkStore {
         if (!isCode(err, 'EEXIST')) throw err;
       }
     });
-    await fsyncDir(this.root);
+    await fsyncPath(this.root);
   }
 
   /** Final path of a blob kept plain (it is there only once synced). */
@@ -513,7 +513,7 @@ export class LocalDirChunkStore implements ChunkStore {
     await mapLimit([...dirs], this.syncConcurrency, async (d) => {
       try {
         await this.hook('dirsync', join(this.root, d));
-        await fsyncDir(join(this.root, d));
+        await fsyncPath(join(this.root, d));
       } catch (err) {
         this.dirtyDirs.add(d); // retried at the next sync; its blobs stay not yet durable
         errors.push(err);
@@ -535,7 +535,7 @@ export class LocalDirChunkStore implements ChunkStore {
       // The fan-out directory vanished (removed by hand?): recreate it and retry once. If the temp
       // file is what is missing, the retry fails with ENOENT again and the error surfaces.
       await fsp.mkdir(dirname(finalPath), { recursive: true });
-      await fsyncDir(this.root);
+      await fsyncPath(this.root);
       await fsp.rename(tmpPath, finalPath);
     }
   }
@@ -711,14 +711,6 @@ async function unlinkIfExists(path: string): Promise<boolean> {
   }
 }
 
-async function fsyncDir(path: string): Promise<void> {
-  const fd = await openFd(path, fsConstants.O_RDONLY);
-  try {
-    await fsyncFd(fd);
-  } finally {
-    closeFd(fd);
-  }
-}
 
 /** Closes a file on a path that already failed: the first error is the one to report. */
 function closeQuietly(file: PerhapsDirectFile): void {

@@ -36,6 +36,16 @@ export function fsyncFd(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve())));
 }
 
+/** fsync of the file or directory at `path` (a directory's fsync makes the renames in it durable). */
+export async function fsyncPath(path: string): Promise<void> {
+  const fd = await openFd(path, fs.constants.O_RDONLY);
+  try {
+    await fsyncFd(fd);
+  } finally {
+    closeFd(fd);
+  }
+}
+
 /** Closes `fd` on the calling thread (see the module comment for why that never waits on the device). */
 export function closeFd(fd: number): void {
   fs.closeSync(fd);
