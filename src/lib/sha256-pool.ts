@@ -135,9 +135,9 @@ export class Sha256Pool {
    * The SHA-256 of `data` and, when it compresses well, a zstd frame (level 1) of it: `packed` is
    * null where zstd-pack.mjs's rule says compression does not pay (inputs under PACK_MIN_AT_REST,
    * inputs whose sample or whole does not compress below PACK_WORTH), and for inputs the pool sends
-   * in parts (larger than a slot and not in shared memory). Same threading and memory rules as `hash`; an input that is considered
-   * for compression always goes to a worker, even below `inlineBelow` (the event loop never
-   * compresses). A compression error is no frame (`packed` null), never a failed hash. Rejects with
+   * in parts (larger than a slot and not in shared memory). Same threading and memory rules as
+   * `hash`; an input that is considered for compression always goes to a worker, even below
+   * `inlineBelow` (the event loop never compresses). A compression error is no frame (`packed` null), never a failed hash. Rejects with
    * `Sha256PoolClosedError` after `close()`.
    */
   hashAndPack(data: Uint8Array): Promise<{ hex: string; packed: Buffer | null }> {
