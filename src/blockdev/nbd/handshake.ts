@@ -55,7 +55,7 @@ import {
 } from './constants.ts';
 import { ProtocolError, errorMessage } from './errors.ts';
 import type { NbdLogFields, NbdLogFn } from './log.ts';
-import { ConnectionClosedError, type SocketReader } from './socket-reader.ts';
+import { ConnectionClosedError, type NbdReader } from './socket-reader.ts';
 import type { NbdTlsMode } from './tls.ts';
 import {
   decodeOptionHeader,
@@ -84,7 +84,7 @@ export interface NegotiatedExport {
 /** The connection after a successful STARTTLS: where haggling goes on, and what it may reach. */
 export interface UpgradedTransport {
   socket: Socket;
-  reader: SocketReader;
+  reader: NbdReader;
   accountId: string;
   exports: ExportProvider;
 }
@@ -100,7 +100,7 @@ export interface HandshakeTls {
 
 export interface HandshakeContext {
   socket: Socket;
-  reader: SocketReader;
+  reader: NbdReader;
   /** The exports of a plaintext client (all of them). */
   exports: ExportProvider;
   /** Null when the server has no TLS at all: NBD_OPT_STARTTLS is then NBD_REP_ERR_UNSUP. */
@@ -153,7 +153,7 @@ class Handshake {
   private metaContext: { exportName: string; baseAllocation: boolean } | null = null;
   /** Where haggling happens; replaced by the TLS socket and its reader after STARTTLS. */
   private socket: Socket;
-  private reader: SocketReader;
+  private reader: NbdReader;
   private exports: ExportProvider;
   private accountId: string | null = null;
   private tlsUp = false;

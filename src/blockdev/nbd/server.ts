@@ -8,7 +8,8 @@ import type { ExportProvider, OpenedExport } from '../block-target.ts';
 import { ProtocolError, errorMessage } from './errors.ts';
 import { negotiate, type HandshakeTls, type UpgradedTransport } from './handshake.ts';
 import { safeLogger, type NbdLogFields, type NbdLogFn } from './log.ts';
-import { ConnectionClosedError, SocketReader } from './socket-reader.ts';
+import { DirectSocketReader, adoptForDirectReads } from './direct-socket-reader.ts';
+import { ConnectionClosedError, SocketReader, type NbdReader } from './socket-reader.ts';
 import { NBD_TLS_MODES, PskAuthenticator, TlsHandshakeError, type NbdTlsMode, type NbdTlsOptions } from './tls.ts';
 import { serveTransmission, type TransmissionLimits } from './transmission.ts';
 
@@ -30,6 +31,11 @@ export interface NbdServerOptions {
   maxInFlightBytes?: number;
   /** A client that has not finished the handshake after this long is disconnected (default 30 s). */
   handshakeTimeoutMs?: number;
+  /**
+   * false: plaintext connections read through `'data'` events (SocketReader) instead of direct
+   * reads (DirectSocketReader). For tests and benchmarks that compare the two; default true.
+   */
+  directReads?: boolean;
 }
 
 export interface NbdServer {
@@ -105,14 +111,20 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   let closing: Promise<void> | null = null;
 
   // allowHalfOpen: a client may shut down its sending side after NBD_CMD_DISC and still expects the
-  // replies to the requests before it; we end our side ourselves.
-  const server = net.createServer({ allowHalfOpen: true, noDelay: true });
-  server.on('connection', (socket) => {
+  // replies to the requests before it; we end our side ourselves. pauseOnConnect: no byte is read
+  // before the socket is moved into one with direct reads (direct-socket-reader.ts).
+  const server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true });
+  server.on('connection', (accepted) => {
     if (closing) {
-      socket.destroy();
+      accepted.destroy();
       return;
     }
-    const conn = new Connection(socket, nextId++, options.exports, tls, log, limits, handshakeTimeoutMs, pendingReleases);
+    let transport: { socket: net.Socket; reader: NbdReader } | null = options.directReads === false ? null : adoptForDirectReads(accepted, { allowHalfOpen: true });
+    if (!transport) {
+      transport = { socket: accepted, reader: new SocketReader(accepted) };
+      accepted.resume();
+    }
+    const conn = new Connection(transport.socket, transport.reader, nextId++, options.exports, tls, log, limits, handshakeTimeoutMs, pendingReleases);
     connections.add(conn);
     void conn.done.then(() => connections.delete(conn));
   });
@@ -165,12 +177,14 @@ class Connection {
   readonly done: Promise<void>;
   private readonly fields: NbdLogFields;
   private readonly socketClosed: Promise<void>;
-  private reader: SocketReader | null = null;
+  /** The reader of `socket`: the TCP socket's, then the TLS socket's after STARTTLS. */
+  private reader: NbdReader;
   /** The socket the protocol runs on: the TCP socket, or the TLS socket over it after STARTTLS. */
   private socket: net.Socket;
 
   constructor(
     private readonly raw: net.Socket,
+    private readonly rawReader: NbdReader,
     id: number,
     private readonly exports: ExportProvider,
     private readonly tls: TlsSetup | null,
@@ -180,6 +194,7 @@ class Connection {
     private readonly pendingReleases: PendingReleases,
   ) {
     this.socket = raw;
+    this.reader = rawReader;
     this.fields = { conn: id, remote: `${raw.remoteAddress}:${raw.remotePort}` };
     // The TCP socket closes in every case (destroying the TLS socket over it closes it too).
     this.socketClosed = new Promise((resolve) => raw.once('close', () => resolve()));
@@ -217,12 +232,12 @@ class Connection {
 
   private async run(): Promise<void> {
     const { raw: socket, log, fields } = this;
-    log('info', 'nbd client connected', fields);
+    // `reads`: which reader serves this connection (direct-socket-reader.ts, or its fallback).
+    log('info', 'nbd client connected', { ...fields, reads: this.rawReader instanceof DirectSocketReader ? 'direct' : 'data-events' });
     socket.setNoDelay(true);
     // A client host that vanishes without FIN/RST would otherwise hold its export forever.
     socket.setKeepAlive(true, KEEPALIVE_IDLE_MS);
-    const reader = new SocketReader(socket);
-    this.reader = reader;
+    const reader = this.rawReader;
     const handshakeTimer = setTimeout(() => {
       log('warn', 'nbd handshake timed out', fields);
       this.abort();
@@ -270,7 +285,7 @@ class Connection {
       const end = await serveTransmission({
         // After STARTTLS: the TLS socket and its reader.
         socket: this.socket,
-        reader: this.reader ?? reader,
+        reader: this.reader,
         session,
         limits: this.limits,
         log,
@@ -319,6 +334,6 @@ class Connection {
     socket.once('close', () => clearTimeout(timer));
     socket.end();
     // Nothing more will be parsed: discard input so the peer's FIN is seen and 'close' follows.
-    this.reader?.detach();
+    this.reader.detach();
   }
 }

@@ -18,6 +18,38 @@ export class ConnectionClosedError extends Error {
   override name = 'ConnectionClosedError';
 }
 
+/**
+ * What the handshake and the transmission read with: exact-length reads of a byte stream. Two
+ * implementations: SocketReader (`'data'` events, any socket: TLS after STARTTLS) and
+ * DirectSocketReader (plaintext TCP, bytes read by the kernel into their destination).
+ */
+export interface NbdReader {
+  /** Bytes received but not yet handed out. */
+  readonly bufferedBytes: number;
+  /**
+   * The next `n` bytes if they have already arrived, otherwise null (and nothing is consumed). Lets
+   * the caller parse pipelined requests without a promise per header.
+   */
+  tryRead(n: number, into?: Buffer): Buffer | null;
+  /**
+   * The next `n` bytes; rejects with ConnectionClosedError if the stream ends first. `into` (at
+   * least `n` bytes): where to place bytes that must be copied, instead of a new buffer. The answer
+   * is the caller's to keep: the reader never writes into it again.
+   */
+  read(n: number, into?: Buffer): Promise<Buffer>;
+  /**
+   * Stops consuming the socket: drops queued bytes, fails a pending read, and from now on discards
+   * whatever still arrives (used when the connection is being closed and nothing more is parsed).
+   */
+  detach(): void;
+  /**
+   * Hands the socket over to another reader of the same stream (a TLS layer after STARTTLS): stops
+   * listening without consuming or discarding anything. Only valid with nothing queued and no read
+   * pending; bytes queued here would be bytes the new reader never sees.
+   */
+  release(): void;
+}
+
 interface PendingRead {
   need: number;
   /** Destination buffer for large reads, filled incrementally; null for small reads. */
@@ -32,7 +64,7 @@ function discard(): void {}
 /** Reads of at least this many bytes are assembled incrementally into a dedicated buffer. */
 const ASSEMBLE_THRESHOLD = 64 * 1024;
 
-export class SocketReader {
+export class SocketReader implements NbdReader {
   private readonly chunks: Buffer[] = [];
   /** Read position inside chunks[0]. */
   private headPos = 0;

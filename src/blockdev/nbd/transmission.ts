@@ -40,7 +40,7 @@ import type { NegotiatedExport } from './handshake.ts';
 import { InFlightBudget } from './inflight-budget.ts';
 import { PAYLOAD_POOL_MIN, PayloadBuffers } from './payload-buffers.ts';
 import type { NbdLogFields, NbdLogFn } from './log.ts';
-import { ConnectionClosedError, type SocketReader } from './socket-reader.ts';
+import { ConnectionClosedError, type NbdReader } from './socket-reader.ts';
 import {
   decodeRequest,
   encodeBlockStatusChunk,
@@ -60,7 +60,7 @@ export interface TransmissionLimits {
 
 export interface TransmissionContext {
   socket: Socket;
-  reader: SocketReader;
+  reader: NbdReader;
   session: NegotiatedExport;
   limits: TransmissionLimits;
   log: NbdLogFn;
