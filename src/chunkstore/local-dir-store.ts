@@ -44,7 +44,8 @@
 import { DIRECT_IO_ALIGN, isDirectIoReady } from '../lib/aligned-memory.ts';
 import { KeyedMutex } from '../lib/keyed-mutex.ts';
 import { mapLimit } from '../lib/map-limit.ts';
-import { closeFd, fsyncFd, fsyncPath, fstatSizeSync, O_DIRECT, openFd, PerhapsDirectFile, readFd, writeFd } from '../lib/raw-fd.ts';
+import { pathProbe, type PathProbe } from '../lib/path-probe.ts';
+import { closeFd, fsyncFd, fsyncPath, fstatSizeSync, O_DIRECT, openFd, PerhapsDirectFile, readFd, setTimesPath, statPath, writeFd } from '../lib/raw-fd.ts';
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import * as fsp from 'node:fs/promises';
@@ -75,8 +76,13 @@ export interface LocalDirStoreOptions {
   hasher?: Hasher;
   /** Temp files fsynced at the same time during `sync`. Default 16. */
   syncConcurrency?: number;
-  /** Files stat'ed at the same time by `has` and `list`. Default 32. */
+  /** Files stat'ed at the same time by `list`. Default 32. */
   statConcurrency?: number;
+  /**
+   * Answers `has` and `touch` in batches off the event loop (lib/path-probe.ts). Default: the
+   * process's shared probe.
+   */
+  probe?: PathProbe;
   /**
    * Testing aid: called before the named operation on `path`; if it throws (or rejects), the
    * operation fails with that error, as if the file system had returned it.
@@ -130,6 +136,7 @@ export class LocalDirChunkStore implements ChunkStore {
   private readonly hasher: Hasher;
   private readonly syncConcurrency: number;
   private readonly statConcurrency: number;
+  private readonly probe: PathProbe;
   private readonly faultHook: LocalDirStoreOptions['faultHook'];
 
   /** Chunks put but not yet renamed into place, by id. */
@@ -155,6 +162,7 @@ export class LocalDirChunkStore implements ChunkStore {
     this.hasher = options.hasher ?? sha256Hex;
     this.syncConcurrency = Math.max(1, options.syncConcurrency ?? 16);
     this.statConcurrency = Math.max(1, options.statConcurrency ?? 32);
+    this.probe = options.probe ?? pathProbe;
     this.faultHook = options.faultHook;
     this.storesPacked = options.storePacked ?? true;
   }
@@ -196,16 +204,18 @@ export class LocalDirChunkStore implements ChunkStore {
     return this.finalPath(id) + PACKED_SUFFIX;
   }
 
+  /** Where `id` may be stored, in the order findStored looks: plain, then packed. */
+  private storedPaths(id: string): [string, string] {
+    const plain = this.finalPath(id);
+    return [plain, plain + PACKED_SUFFIX];
+  }
+
   /** The final file of `id` in either form, or null. Plain first: incompressible chunks are the most. */
   private async findStored(id: string): Promise<StoredFile | null> {
     for (const packed of [false, true]) {
       const path = packed ? this.packedPath(id) : this.finalPath(id);
-      try {
-        const st = await fsp.stat(path);
-        if (st.isFile()) return { path, packed, size: st.size, mtimeMs: st.mtimeMs };
-      } catch (err) {
-        if (!isCode(err, 'ENOENT') && !isCode(err, 'ENOTDIR')) throw err;
-      }
+      const st = await statPath(path);
+      if (st?.isFile()) return { path, packed, size: st.size, mtimeMs: st.mtimeMs };
     }
     return null;
   }
@@ -263,19 +273,26 @@ export class LocalDirChunkStore implements ChunkStore {
 
   async touch(ids: readonly string[]): Promise<Set<string>> {
     for (const id of ids) assertChunkId(id);
+    const unique = [...new Set(ids)];
     const present = new Set<string>();
-    await mapLimit([...new Set(ids)], this.statConcurrency, (id) =>
-      this.withLock(id, async () => {
-        const now = Date.now();
+    // Every id's lock is held while the batch is probed, as one lock per id was before: a GC's
+    // deleteIfUnusedSince of one of them runs wholly before (the probe finds nothing) or after (it
+    // finds the fresh mtime and keeps the blob). Keys are taken in sorted order: no deadlock.
+    await this.locks.run(unique, async () => {
+      const now = Date.now();
+      const onDisk: string[] = [];
+      for (const id of unique) {
         const p = this.pending.get(id);
         if (p) {
           p.lastUsedMs = now;
           present.add(id);
-        } else if ((await this.markUsed(this.finalPath(id), now)) || (await this.markUsed(this.packedPath(id), now))) {
-          present.add(id);
-        }
-      }),
-    );
+        } else onDisk.push(id);
+      }
+      const touched = await this.probe.touchFirst(onDisk.map((id) => this.storedPaths(id)), now / 1000);
+      onDisk.forEach((id, i) => {
+        if (touched[i]! >= 0) present.add(id);
+      });
+    });
     return present;
   }
 
@@ -292,13 +309,7 @@ export class LocalDirChunkStore implements ChunkStore {
 
   /** Sets a final file's mtime (its last-used time) to `now`; false when the file is not there. */
   private async markUsed(finalPath: string, now: number): Promise<boolean> {
-    try {
-      await fsp.utimes(finalPath, now / 1000, now / 1000);
-      return true;
-    } catch (err) {
-      if (isCode(err, 'ENOENT') || isCode(err, 'ENOTDIR')) return false;
-      throw err;
-    }
+    return setTimesPath(finalPath, now / 1000);
   }
 
   async get(id: string): Promise<Buffer> {
@@ -382,9 +393,10 @@ export class LocalDirChunkStore implements ChunkStore {
       if (this.pending.has(id)) present.add(id);
       else toStat.push(id);
     }
-    await mapLimit(toStat, this.statConcurrency, async (id) => {
+    const found = await this.probe.statFirst(toStat.map((id) => this.storedPaths(id)));
+    toStat.forEach((id, i) => {
       // Absent, unless a put that finished while this call ran made it pending.
-      if ((await this.findStored(id)) || this.pending.has(id)) present.add(id);
+      if (found.index[i]! >= 0 || this.pending.has(id)) present.add(id);
     });
     return present;
   }

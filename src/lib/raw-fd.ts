@@ -46,6 +46,29 @@ export async function fsyncPath(path: string): Promise<void> {
   }
 }
 
+/**
+ * The file's stats, or null when nothing is at `path` (ENOENT, ENOTDIR). The callback form rather
+ * than `fs/promises`: a store's presence checks stat thousands of paths per copy, a quarter of them
+ * absent, and the promise form cost the event loop 3-5x as much per call here (4096 stats at
+ * concurrency 32: 90-133 ms against 20-70 ms).
+ */
+export function statPath(path: string): Promise<fs.Stats | null> {
+  return new Promise((resolve, reject) =>
+    fs.stat(path, (err, st) => (err ? (isAbsent(err) ? resolve(null) : reject(err)) : resolve(st))),
+  );
+}
+
+/** Sets the file's atime and mtime to `seconds` (since the epoch); false when nothing is at `path`. Callback form: see statPath. */
+export function setTimesPath(path: string, seconds: number): Promise<boolean> {
+  return new Promise((resolve, reject) =>
+    fs.utimes(path, seconds, seconds, (err) => (err ? (isAbsent(err) ? resolve(false) : reject(err)) : resolve(true))),
+  );
+}
+
+function isAbsent(err: NodeJS.ErrnoException): boolean {
+  return err.code === 'ENOENT' || err.code === 'ENOTDIR';
+}
+
 /** Closes `fd` on the calling thread (see the module comment for why that never waits on the device). */
 export function closeFd(fd: number): void {
   fs.closeSync(fd);
