@@ -32,6 +32,7 @@ import { JobRunner } from './jobs/job-runner.ts';
 import { jsonLogger, type LogFn } from './lib/logger.ts';
 import { MetricsRegistry } from './lib/metrics.ts';
 import { acquireDataDirLock } from './lib/data-dir-lock.ts';
+import { pathProbe } from './lib/path-probe.ts';
 import { Sha256Pool } from './lib/sha256-pool.ts';
 import { copyJob } from './replication/copy-job.ts';
 import { CHUNK_ENCODING_HEADER, MANIFEST_PART_MAX_BYTES, PeerClient, SERVICE_KEY_PREFIX } from './replication/peer-client.ts';
@@ -368,6 +369,7 @@ export async function startServer(config: ServeConfig, out: NodeJS.WritableStrea
   const releaseLocks = lockDataDir(config);
   const hasher = new Sha256Pool();
   hasher.warm(); // started while the regions open, not by the first snapshot or copy
+  pathProbe.warm(); // likewise for the chunk stores' presence checks (a copy's first question)
   const running: Array<BuiltRegion & { url: string; nbd: NbdServer | null }> = [];
   const closeAll = async (): Promise<void> => {
     // Block clients first (their disks go back to Available), then HTTP, jobs and stores.

@@ -78,6 +78,11 @@ export class PathProbe {
     return (await this.probe('touch', entries, seconds)).index;
   }
 
+  /** Starts the workers now rather than at the first large batch (a copy's first question would wait ~25-190 ms for them). */
+  warm(): void {
+    if (!this.closed && this.workers.length === 0) for (let i = 0; i < this.size; i++) this.workers.push(this.spawn());
+  }
+
   /** Stops the workers; probes still running reject. Later probes run on the thread pool. */
   async close(): Promise<void> {
     this.closed = true;
@@ -87,7 +92,7 @@ export class PathProbe {
 
   private async probe(op: Op, entries: readonly (readonly string[])[], seconds: number): Promise<ProbeAnswer> {
     if (entries.length < this.inlineBelow || this.closed) return inline(op, entries, seconds);
-    if (this.workers.length === 0) for (let i = 0; i < this.size; i++) this.workers.push(this.spawn());
+    this.warm();
     const slices = Math.min(this.workers.length, Math.ceil(entries.length / this.inlineBelow) || 1);
     const per = Math.ceil(entries.length / slices);
     const parts = await Promise.all(
