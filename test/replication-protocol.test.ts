@@ -10,6 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { compress } from 'zstd-napi';
+import { zstd } from '../src/lib/zstd.ts';
 import { SENDS_ON_DAMAGE } from '../src/replication/copy-job.ts';
 import { MANIFEST_PART_MAX_BYTES } from '../src/replication/peer-client.ts';
 import { Manifest } from '../src/repository/manifest.ts';
@@ -234,6 +235,10 @@ test('ChunkTooLarge and the other chunk upload errors are clear 4xx answers', as
   // zstd that expands past a chunk is refused without expanding it.
   const bomb = compress(Buffer.alloc(64 * MiB));
   assertBceError(await putChunk(hkg, keys, copyId, bomb, { id: sha(Buffer.alloc(64 * MiB)), encoding: 'zstd' }), 413, 'ChunkTooLarge');
+  // ...also when its header does not say how large it decodes (only the decoder finds out: this
+  // pins lib/zstd.ts's reading of zstd's "destination buffer is too small" as too large, not damage).
+  const undeclared = frameWithoutContentSize(Buffer.alloc(4 * MiB, 7));
+  assertBceError(await putChunk(hkg, keys, copyId, undeclared, { id: sha(Buffer.alloc(4 * MiB, 7)), encoding: 'zstd' }), 413, 'ChunkTooLarge');
   assertBceError(await putChunk(hkg, keys, copyId, Buffer.alloc(MiB + 69 * 1024)), 413, 'EntityTooLarge');
   const good = randomBytes(MiB);
   assertBceError(await putChunk(hkg, keys, copyId, good, { id: sha(Buffer.from('other')) }), 400, 'ChunkDigestMismatch');
@@ -312,3 +317,13 @@ test('garbage collection at every step of an incoming copy (grace 0) keeps what 
   await hkg.built.gc(); // and once more after the copy: it is a root now
   await assertCopyIdentical(set, hkg, copyId, chunks);
 });
+
+/** A zstd frame of `data` whose header leaves out the content size (as a streaming encoder writes them). */
+function frameWithoutContentSize(data: Buffer): Buffer {
+  const cctx = new zstd.CCtx();
+  cctx.setParameter(zstd.CParameter.contentSizeFlag, 0);
+  const out = Buffer.alloc(data.length + 1024);
+  const frame = out.subarray(0, cctx.compress2(out, data));
+  assert.equal(zstd.getFrameContentSize(frame), null, 'the frame declares no size');
+  return frame;
+}

@@ -28,6 +28,8 @@ export function decodeFrameInto(out: Buffer, frame: Buffer): number | 'too-large
   try {
     return dctx.decompress(out, frame);
   } catch (e) {
+    // The binding's errors carry only zstd's error name as their message; "Destination buffer is
+    // too small" is ZSTD_error_dstSize_tooSmall (pinned by test/replication-protocol.test.ts).
     return /too small/i.test((e as Error).message) ? 'too-large' : 'damaged';
   }
 }
