@@ -6,12 +6,25 @@
  * snapshot rewrites only what changed.
  */
 import type { Disk } from '../blockdev/disk.ts';
+import { AlignedBufferPool } from '../lib/aligned-memory.ts';
 import { mapLimit } from '../lib/map-limit.ts';
 import type { DiskBase } from './capture.ts';
 import type { ChunkRepository } from './chunk-repository.ts';
 import type { Manifest } from './manifest.ts';
 
-const RESTORE_PARALLELISM = 4;
+/**
+ * Chunks read and written at once, bounded by the buffers they hold (two per chunk: its stored form
+ * and, for a compressed one, its plain bytes): at most RESTORE_BUFFER_BYTES, never fewer than two
+ * chunks. 1 GiB of the mixed bench image, three restores each, caches dropped, beside `cp`+`sync`
+ * of its image: 4 in flight 1.69-2.34 s (cp 1.26-1.40 s), 8 in flight 1.21-1.43 s (cp 1.10-1.26 s),
+ * 16 in flight 1.46-1.91 s (cp 1.29-1.37 s).
+ */
+const RESTORE_BUFFER_BYTES = 16 << 20;
+const RESTORE_MAX_IN_FLIGHT = 8;
+
+function restoreInFlight(chunkSize: number): number {
+  return Math.max(2, Math.min(RESTORE_MAX_IN_FLIGHT, Math.floor(RESTORE_BUFFER_BYTES / (2 * chunkSize))));
+}
 
 export async function restoreDisk(
   repo: ChunkRepository,
@@ -40,11 +53,17 @@ export async function restoreDisk(
   let total = 0;
   if (onProgress) for (const _ of work()) total++;
   let done = 0;
-  await mapLimit(work(), RESTORE_PARALLELISM, async (i) => {
+  const inFlight = restoreInFlight(manifest.chunkSize);
+  const buffers = new AlignedBufferPool(2 * inFlight);
+  await mapLimit(work(), inFlight, async (i) => {
     signal?.throwIfAborted();
-    const bytes = await repo.chunks.get(manifest.chunkId(i)!);
-    await disk.restoreChunk(i, bytes);
-    repo.metrics.restoreBytesWritten.inc(bytes.length);
+    const { data, release } = await repo.readVerified(manifest.chunkId(i)!, buffers, manifest.chunkSize);
+    try {
+      await disk.restoreChunk(i, data);
+    } finally {
+      release(); // the write has settled: nothing reads the buffer any more
+    }
+    repo.metrics.restoreBytesWritten.inc(data.length);
     onProgress?.(++done, total);
   });
   // Durable before the map says so (the chunk map's unclean-open rule relies on it).
