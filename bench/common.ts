@@ -279,6 +279,19 @@ export async function timedSnapshot(client: BceClient, volumeId: string, name: s
   return { ms: Number(process.hrtime.bigint() - start) / 1e6, snapshotId };
 }
 
+/** A new disk of `sizeGiB` from `snapshotId`, timed from the create request to `Available`. */
+export async function timedRestore(client: BceClient, snapshotId: string, sizeGiB: number): Promise<{ ms: number; volumeId: string }> {
+  const start = process.hrtime.bigint();
+  const { volumeIds } = await client.json<{ volumeIds: string[] }>({ method: 'POST', path: '/v2/volume', json: { cdsSizeInGB: sizeGiB, snapshotId } });
+  const id = volumeIds[0]!;
+  await until(async () => {
+    const { volume } = await client.json<any>({ method: 'GET', path: `/v2/volume/${id}` });
+    if (volume.status === 'Error') throw new Error(`restore into ${id} failed`);
+    return volume.status === 'Available';
+  });
+  return { ms: Number(process.hrtime.bigint() - start) / 1e6, volumeId: id };
+}
+
 /** Timed from the copy request to `Available` in the destination. */
 export async function timedCopy(source: BceClient, destination: BceClient, snapshotId: string, destRegion: string): Promise<{ ms: number; snapshotId: string }> {
   const start = process.hrtime.bigint();

@@ -83,6 +83,7 @@ const targetFull = (m: number): number => (m >= 4096 ? 0.7 : 1.0);
 if (snap) {
   rows.push(`| full snapshot, time / \`cp\`+\`sync\` | ${snap.mixed.map((r) => `**${(r.fullSnapshot.ms / r.cpSync.ms).toFixed(2)}** (${s(r.fullSnapshot.ms)} vs ${s(r.cpSync.ms)}) ${verdict(r.fullSnapshot.ms / r.cpSync.ms <= targetFull(r.sizeMiB))}`).join(' | ')} | <= 1.0 (1 GiB), <= 0.7 (4 GiB) |`);
   rows.push(`| incremental snapshot after 1 % changed | ${snap.mixed.map((r) => `${s(r.incrementalSnapshot.ms)} (${((r.incrementalSnapshot.ms / r.fullSnapshot.ms) * 100).toFixed(1)} % of the full one)`).join(' | ')} | |`);
+  rows.push(`| new disk from the full snapshot (restore), time / \`cp\`+\`sync\` | ${snap.mixed.map((r) => (r.restore ? `${(r.restore.ms / r.cpSync.ms).toFixed(2)} (${s(r.restore.ms)} vs ${s(r.cpSync.ms)})` : 'not measured')).join(' | ')} | |`);
 }
 if (repl?.sizes) {
   const bySize = (m: number): any => repl.sizes.find((x: any) => x.sizeGiB === Math.max(1, Math.round(m / 1024)));

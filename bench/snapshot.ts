@@ -8,6 +8,7 @@
  *   full snapshot of the mixed image (per 16 MiB: 8 MiB random, 4 MiB text, 4 MiB zeros) at each
  *   `--size` (MiB, comma-separated; default 1024,4096)     vs  cp IMAGE COPY && sync COPY
  *   incremental snapshot after 1 % of the disk was rewritten in scattered 1 MiB writes
+ *   a new disk from the full snapshot (restore), request to Available  vs  the same cp + sync
  *   full snapshot of 1 GiB of incompressible data        vs  cp + sync
  *   a 1 TiB disk with 1 GiB of random data spread over it (1 MiB at every GiB): its first snapshot
  *   (vs cp + sync of the same sparse file) and its copy bj -> hkg: the cost follows the written GiB
@@ -26,7 +27,7 @@ import { open, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
   GiB, MiB, argValue, benchDir, createVolume, dropCaches, hasFlag, importImage, loadAverage, median, mixedImage, randomImage, run,
-  startBenchServer, timedCopy, timedPeer, timedSnapshot, writeVolume, type BenchServer,
+  startBenchServer, timedCopy, timedPeer, timedRestore, timedSnapshot, writeVolume, type BenchServer,
 } from './common.ts';
 
 export interface StepResult {
@@ -47,6 +48,8 @@ export interface MixedResult {
   fullSnapshot: StepResult;
   cpSync: StepResult;
   incrementalSnapshot: StepResult;
+  /** A new disk from the full snapshot, request to Available (beside the same `cp`+`sync`). */
+  restore: StepResult;
   peakRssBytes: number;
   loadAverage: string;
 }
@@ -102,13 +105,19 @@ async function mixedScenario(dir: string, sizeMiB: number): Promise<MixedResult>
     try {
       const vol = await createVolume(srv.bj, Math.ceil(size / GiB));
       await importImage(srv.server.urls.bj!, vol, image);
-      const fullSnapshot = await serverStep(srv, () => timedSnapshot(srv.bj, vol, 'full'));
+      let fullId = '';
+      const fullSnapshot = await serverStep(srv, async () => {
+        const snap = await timedSnapshot(srv.bj, vol, 'full');
+        fullId = snap.snapshotId;
+        return snap;
+      });
       const cpSync = await peer(peerCp, image.path, copyPath);
       await rm(copyPath, { force: true });
+      const restore = await serverStep(srv, () => timedRestore(srv.bj, fullId, Math.ceil(size / GiB)));
       // 1 % of the disk rewritten: scattered 1 MiB writes of fresh random bytes.
       for (let i = 0; i < changes; i++) await writeVolume(srv.bj, vol, ((i * 97 + 5) % sizeMiB) * MiB, randomBytes(MiB));
       const incrementalSnapshot = await serverStep(srv, () => timedSnapshot(srv.bj, vol, 'incremental'));
-      runs.push({ fullSnapshot, cpSync, incrementalSnapshot, peakRssBytes: await srv.peakRss() });
+      runs.push({ fullSnapshot, cpSync, incrementalSnapshot, restore, peakRssBytes: await srv.peakRss() });
     } finally {
       await srv.close();
       await rm(work, { recursive: true, force: true });
@@ -125,6 +134,7 @@ async function mixedScenario(dir: string, sizeMiB: number): Promise<MixedResult>
     fullSnapshot: pick('fullSnapshot')!,
     cpSync: pick('cpSync')!,
     incrementalSnapshot: pick('incrementalSnapshot')!,
+    restore: pick('restore')!,
     peakRssBytes: Math.max(...runs.map((x) => x.peakRssBytes)),
     loadAverage: await loadAverage(),
   };
@@ -210,6 +220,7 @@ export async function snapshotBench(): Promise<{ lines: string[]; results: Snaps
     results.mixed.push(m);
     lines.push(`  full snapshot          ${s(m.fullSnapshot.ms)}  cp+sync ${s(m.cpSync.ms)}  ratio ${(m.fullSnapshot.ms / m.cpSync.ms).toFixed(2)}  (peak RSS ${rss(m.fullSnapshot.peakRssBytes)}, read ${((m.fullSnapshot.readBytes ?? 0) / MiB).toFixed(0)} MiB, wrote ${((m.fullSnapshot.writeBytes ?? 0) / MiB).toFixed(0)} MiB)`);
     lines.push(`  incremental snapshot   ${s(m.incrementalSnapshot.ms)}  after ${m.changedMiB} MiB changed (${((m.incrementalSnapshot.ms / m.fullSnapshot.ms) * 100).toFixed(1)} % of the full snapshot)`);
+    lines.push(`  restore (new disk)     ${s(m.restore.ms)}  cp+sync ${s(m.cpSync.ms)}  ratio ${(m.restore.ms / m.cpSync.ms).toFixed(2)}  (read ${((m.restore.readBytes ?? 0) / MiB).toFixed(0)} MiB, wrote ${((m.restore.writeBytes ?? 0) / MiB).toFixed(0)} MiB)`);
     lines.push(`  server peak RSS        ${rss(m.peakRssBytes)} (whole scenario, import included); load average after: ${m.loadAverage}`);
   }
   if (!hasFlag('skip-random')) {
