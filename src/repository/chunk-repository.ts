@@ -94,10 +94,13 @@ export class ChunkRepository {
     if (!this.chunks.readInto) return viaGet();
     const stored = buffers.take(size);
     let plain: Buffer | null = null;
+    let held = true;
+    // Idempotent: a buffer given back twice would be handed to two readers at once.
     const release = (): void => {
+      if (!held) return;
+      held = false;
       buffers.give(stored);
       if (plain) buffers.give(plain);
-      plain = null;
     };
     try {
       let read: StoredRead;
