@@ -10,8 +10,8 @@
 import { ChunkIntegrityError, type ChunkStore, type ChunkWriter, type StoredRead } from '../chunkstore/chunk-store.ts';
 import type { AlignedBufferPool } from '../lib/aligned-memory.ts';
 import { isAllZero } from '../lib/all-zero.ts';
-import { decodeFrameInto } from '../lib/zstd.ts';
 import { Counter, MetricsRegistry } from '../lib/metrics.ts';
+import { decodeFrameInto } from '../lib/zstd.ts';
 import { Manifest } from './manifest.ts';
 
 export interface Hasher {
