@@ -45,7 +45,7 @@ import { DIRECT_IO_ALIGN, isDirectIoReady } from '../lib/aligned-memory.ts';
 import { KeyedMutex } from '../lib/keyed-mutex.ts';
 import { mapLimit } from '../lib/map-limit.ts';
 import { pathProbe, type PathProbe } from '../lib/path-probe.ts';
-import { closeFd, fsyncFd, fsyncPath, fstatSizeSync, O_DIRECT, openFd, PerhapsDirectFile, readFd, setTimesPath, statPath, writeFd } from '../lib/raw-fd.ts';
+import { closeFd, fsyncFd, fsyncPath, fstatSizeSync, O_DIRECT, openFd, PerhapsDirectFile, readFd, setTimesPath, writeFd } from '../lib/raw-fd.ts';
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import * as fsp from 'node:fs/promises';
@@ -204,20 +204,18 @@ export class LocalDirChunkStore implements ChunkStore {
     return this.finalPath(id) + PACKED_SUFFIX;
   }
 
-  /** Where `id` may be stored, in the order findStored looks: plain, then packed. */
+  /** Where `id` may be stored, in the order every lookup tries: plain first (incompressible chunks are the most), then packed. */
   private storedPaths(id: string): [string, string] {
     const plain = this.finalPath(id);
     return [plain, plain + PACKED_SUFFIX];
   }
 
-  /** The final file of `id` in either form, or null. Plain first: incompressible chunks are the most. */
+  /** The final file of `id` in either form, or null: the lookup `has` makes, for one id. */
   private async findStored(id: string): Promise<StoredFile | null> {
-    for (const packed of [false, true]) {
-      const path = packed ? this.packedPath(id) : this.finalPath(id);
-      const st = await statPath(path);
-      if (st?.isFile()) return { path, packed, size: st.size, mtimeMs: st.mtimeMs };
-    }
-    return null;
+    const paths = this.storedPaths(id);
+    const found = await this.probe.statFirst([paths]);
+    const k = found.index[0]!;
+    return k < 0 ? null : { path: paths[k]!, packed: k === 1, size: found.size[0]!, mtimeMs: found.mtimeMs[0]! };
   }
 
   /** Number of chunks put but not yet synced. */
