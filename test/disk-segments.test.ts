@@ -14,6 +14,7 @@ import { BlockIoError } from '../src/blockdev/block-target.ts';
 import { ChunkMap } from '../src/blockdev/chunk-map.ts';
 import { DiskManager } from '../src/blockdev/disk-manager.ts';
 import { DiskFormatError, SEGMENT_BYTES, SegmentedImage, segmentName } from '../src/blockdev/segmented-image.ts';
+import { WritePathChooser, type WriteWay } from '../src/blockdev/write-path.ts';
 
 const MiB = 1 << 20;
 const GiB = 1024 ** 3;
@@ -47,10 +48,17 @@ async function recordSyncs(fn: () => Promise<void>): Promise<{ datasync: string[
   return seen;
 }
 
-async function freshImage(name: string, sizeBytes: number, segmentBytes: number, maxOpen = 64): Promise<{ image: SegmentedImage; segDir: string }> {
+async function freshImage(name: string, sizeBytes: number, segmentBytes: number, maxOpen = 64, writes?: WritePathChooser): Promise<{ image: SegmentedImage; segDir: string }> {
   const segDir = join(dir, name);
   await mkdir(segDir);
-  return { image: new SegmentedImage(segDir, null, { sizeBytes, segmentBytes, legacyBytes: 0 }, maxOpen), segDir };
+  return { image: new SegmentedImage(segDir, null, { sizeBytes, segmentBytes, legacyBytes: 0 }, maxOpen, writes), segDir };
+}
+
+/** Sends every write through the thread pool (FileHandle.write), which the tests below intercept. */
+class PoolWrites extends WritePathChooser {
+  override next(): WriteWay {
+    return 'pool';
+  }
 }
 
 test('writes across segment boundaries land in each segment and read back whole; missing segments read as zeros and create nothing', async () => {
@@ -326,7 +334,7 @@ test('a failed fdatasync or directory fsync in flush fails that flush and is ret
 
 test('a write still in flight when a flush starts is synced by the next flush', async () => {
   const seg = 64 * 1024;
-  const { image, segDir } = await freshImage('inflight', 2 * seg, seg);
+  const { image, segDir } = await freshImage('inflight', 2 * seg, seg, 64, new PoolWrites());
   await image.write(Buffer.alloc(10, 1), 0);
   await image.flush();
   const probe = await open(join(dir, 'probe4'), 'w');

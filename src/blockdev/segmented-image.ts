@@ -26,12 +26,13 @@
  * and fsyncs the segment directory when segments were created, so a created segment's name is as
  * durable as its bytes.
  */
-import { constants } from 'node:fs';
+import { constants, writeSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DIRECT_IO_ALIGN } from '../lib/aligned-memory.ts';
 import { closeFd, O_DIRECT, openPerhapsDirect, readFd } from '../lib/raw-fd.ts';
 import { ReadPathChooser } from './read-path.ts';
+import { WritePathChooser } from './write-path.ts';
 
 export const SEGMENT_BYTES = 1 << 30;
 export const LAYOUT_VERSION = 2;
@@ -138,6 +139,8 @@ export class SegmentedImage {
   private readonly onceReads = new ReadPathChooser();
   /** A failure of a background eviction's fdatasync, reported by the next flush. */
   private evictionFailure: Error | null = null;
+  /** How `write` writes: on the event loop or through the thread pool. */
+  private readonly writes: WritePathChooser;
 
   constructor(
     private readonly segmentDir: string,
@@ -145,7 +148,10 @@ export class SegmentedImage {
     private readonly legacyPath: string | null,
     private layout: ImageLayout,
     private readonly maxOpen = DEFAULT_MAX_OPEN_SEGMENTS,
+    /** How `write` writes (tests pass one that always answers one way). */
+    writes: WritePathChooser = new WritePathChooser(),
   ) {
+    this.writes = writes;
     if (layout.legacyBytes > 0 && !legacyPath) throw new DiskFormatError('a layout with legacy bytes needs the legacy file');
   }
 
@@ -257,12 +263,22 @@ export class SegmentedImage {
     }
   }
 
-  /** Writes `data` at `position`, creating the segments it touches. Durable after the next flush. */
+  /**
+   * Writes `data` at `position`, creating the segments it touches. Durable after the next flush.
+   * On the event loop or through the thread pool, as `writes` (write-path.ts) decides.
+   */
   async write(data: Buffer, position: number): Promise<void> {
     for (const p of this.pieces(position, data.length)) {
       await this.withSegment(p.key, true, async (fh, slot) => {
         let done = 0;
         try {
+          if (this.writes.next(p.length) === 'inline') {
+            // Safe on the raw descriptor: `fh.fd` is -1 once a close has begun (writeSync refuses it;
+            // no other file can have the number yet), and nothing awaits between reading it and the write.
+            const started = performance.now();
+            while (done < p.length) done += writeSync(fh!.fd, data, p.offset + done, p.length - done, p.filePosition + done);
+            this.writes.observeInline(performance.now() - started);
+          }
           while (done < p.length) {
             const { bytesWritten } = await fh!.write(data, p.offset + done, p.length - done, p.filePosition + done);
             done += bytesWritten;
