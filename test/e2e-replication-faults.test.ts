@@ -10,7 +10,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { appendFile, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BceClient } from '../src/lib/bce-client.ts';
@@ -120,6 +120,30 @@ test('a chunk damaged in the source\'s store is sent once, refused, never resent
   }, 30_000, 'the source to record the failure');
   assert.equal(source.attempts, 1, 'failed for good at once, not retried');
   assert.match(String(source.lastError), /damage|integrity|hash/i, `the source says why: ${source.lastError}`);
+});
+
+test('a chunk file grown past a chunk in the source\'s store fails the copy as damaged at once, not retried as a hiccup', async () => {
+  // The first send reads into a chunk-sized pooled buffer, which a grown file does not fit; it is
+  // then read verified, which finds the damage (it was once a RangeError, retried until the deadline).
+  const { chunks } = freshChunks(8, 0, randomBytes);
+  const snapshotId = await snapshotOf(bj.urls.bj!, tenant, chunks, 'grown-at-source');
+  const victimId = sha(chunks[5]!);
+  await appendFile(join(bj.dataDir, 'bj', 'chunks', victimId.slice(0, 2), victimId), Buffer.alloc(4096, 0xab));
+  proxy.resetCounts();
+  const copyId = await copyTo(bj.urls.bj!, tenant, snapshotId, 'hkg');
+  const failed = await until(async () => {
+    const s = (await send(hkgSdk(), 'GET', `/v2/snapshot/${copyId}`)).snapshot;
+    return s.status === 'Creating' ? null : s;
+  }, 60_000, 'the copy to end');
+  assert.equal(failed.status, 'CreatedFailed');
+  assert.equal(proxy.uploads().filter((u) => u.chunkId === victimId).length, 0, 'the damaged chunk never went out');
+  assert.equal(await durableChunks(hkg.dataDir, 'hkg', [victimId]), 0);
+  const source = await until(async () => {
+    const c = (await send(bjSdk(), 'GET', `/v2/snapshot/remote_copy/${snapshotId}`)).copies[0];
+    return c.state === 'failed' ? c : null;
+  }, 30_000, 'the source to record the failure');
+  assert.equal(source.attempts, 1, 'failed for good at once, not retried');
+  assert.match(String(source.lastError), /damage/i, `the source says why: ${source.lastError}`);
 });
 
 test('a snapshot cannot be deleted while a copy reads it; copies beyond the cap wait in order with progress 0', async () => {

@@ -16,7 +16,8 @@
  * PROGRESS_EVERY_MS and at least every PROGRESS_AT_LEAST_EVERY_MS while that is the case.
  */
 import { createHash } from 'node:crypto';
-import { ChunkIntegrityError, ChunkNotFoundError, type ChunkStore, type StoredEncoding, type StoredRead } from '../chunkstore/chunk-store.ts';
+import { ChunkIntegrityError, ChunkNotFoundError, type ChunkStore } from '../chunkstore/chunk-store.ts';
+import { readPooled, type PooledStoredRead } from '../chunkstore/pooled-read.ts';
 import type { JobControl, JobHandler, RetryPolicy } from '../jobs/job-runner.ts';
 import { PermanentJobError } from '../jobs/job-runner.ts';
 import { AlignedBufferPool } from '../lib/aligned-memory.ts';
@@ -165,7 +166,8 @@ async function sendManifest(peer: PeerClient, p: CopyPayload, bytes: Buffer, par
  */
 async function sendMissingChunks(deps: CopyJobDeps, readBuffers: AlignedBufferPool, peer: PeerClient, destSnapshotId: string, manifest: Manifest, batchSize: number, progress: ProgressReporter, labels: Record<string, string>, signal: AbortSignal): Promise<void> {
   progress.restartWalk();
-  const reads = storedReads(deps.chunks, readBuffers, manifest.chunkSize);
+  // A chunk's first send reads its stored bytes into a pooled buffer (chunkstore/pooled-read.ts).
+  const readStored = (id: string): Promise<PooledStoredRead | null> => readPooled(deps.chunks, id, readBuffers, manifest.chunkSize);
   // Walked in batches: memory stays bounded however large the snapshot. A chunk that repeats
   // across batches is found present the second time (the destination has it, at least pending).
   const batches = copyBatches(manifest, batchSize);
@@ -200,7 +202,7 @@ async function sendMissingChunks(deps: CopyJobDeps, readBuffers: AlignedBufferPo
         signal.throwIfAborted();
         inflightIds.add(c.id);
         (racing as Set<string> | null)?.add(c.id);
-        const sending: Promise<void> = sendChunk(deps, peer, destSnapshotId, c.id, labels, signal, reads)
+        const sending: Promise<void> = sendChunk(deps, peer, destSnapshotId, c.id, labels, signal, readStored)
           .then(async () => {
             progress.confirm(c.bytes);
             await progress.maybeReport(signal);
@@ -249,50 +251,12 @@ function* copyBatches(manifest: Manifest, size: number): IterableIterator<Array<
 }
 
 /**
- * How the first send of a chunk reads it: the stored bytes as they are, not re-hashed, into a
- * pooled buffer of page-aligned shared memory (the local store reads into it past the page cache,
- * the upload thread sends it in place), when the store can (`readInto`); else verified (`get`: the
- * S3 store, whose reads are network-bound anyway). A fresh chunk-sized buffer per chunk costs
- * more in garbage collection than the read itself: each is reported to V8 as external memory, and
- * every 64 MiB or so of them start a full collection (measured on the source side of a copy: 20-90
- * per GiB, 3-5 CPU seconds per GiB).
- */
-interface StoredReads {
-  /** The stored bytes of `id`, their form, and a release to call once nothing reads them any more. */
-  read(id: string): Promise<{ data: Buffer; encoding: StoredEncoding; release(): void }>;
-}
-
-function storedReads(store: ChunkStore, buffers: AlignedBufferPool, chunkSize: number): StoredReads | null {
-  if (!store.readInto) return null;
-  const readInto = store.readInto.bind(store);
-  return {
-    async read(id) {
-      const buffer = buffers.take(chunkSize);
-      let stored: StoredRead;
-      try {
-        stored = await readInto(id, buffer);
-      } catch (e) {
-        buffers.give(buffer);
-        throw e;
-      }
-      let held = true;
-      return {
-        data: buffer.subarray(0, stored.length),
-        encoding: stored.encoding,
-        release: () => {
-          if (held) buffers.give(buffer);
-          held = false;
-        },
-      };
-    },
-  };
-}
-
-/**
- * One chunk to the destination. The first send takes the stored bytes without re-hashing them: the
- * destination hashes whatever arrives, keeps nothing that does not hash to the id, and answers a
- * mismatch (damage here or on the way) with ChunkDigestMismatch or BadDigest. Every resend reads the
- * chunk verified (`get` re-hashes), so a chunk damaged at the source fails the copy as damaged
+ * One chunk to the destination. The first send takes the stored bytes without re-hashing them
+ * (`readStored`, into a pooled buffer): the destination hashes whatever arrives, keeps nothing that
+ * does not hash to the id, and answers a mismatch (damage here or on the way) with
+ * ChunkDigestMismatch or BadDigest. Every resend reads the chunk verified (`get` re-hashes), and so
+ * does a first send that `readStored` cannot serve (a store without `readInto`, a stored blob
+ * larger than a chunk), so a chunk damaged at the source fails the copy as damaged
  * (ChunkIntegrityError, permanent) instead of being sent again and again.
  *
  * A chunk stored compressed (compression at rest) goes as it is stored: it was compressed once, when
@@ -301,11 +265,12 @@ function storedReads(store: ChunkStore, buffers: AlignedBufferPool, chunkSize: n
  * The body's signed digest is the chunk id for a raw chunk (its bytes' SHA-256, if they are what
  * the store says), else the SHA-256 of the compressed bytes (small: they compressed well).
  */
-async function sendChunk(deps: CopyJobDeps, peer: PeerClient, destSnapshotId: string, id: string, labels: Record<string, string>, signal: AbortSignal, reads: StoredReads | null): Promise<void> {
+async function sendChunk(deps: CopyJobDeps, peer: PeerClient, destSnapshotId: string, id: string, labels: Record<string, string>, signal: AbortSignal, readStored: (id: string) => Promise<PooledStoredRead | null>): Promise<void> {
   let size = 0;
   await withResends(deps, peer, id, labels, async (attempt) => {
     size = 0;
-    const { data, encoding: stored, release } = attempt === 1 && reads ? await reads.read(id) : { data: await deps.chunks.get(id), encoding: 'raw' as const, release: () => undefined };
+    const pooled = attempt === 1 ? await readStored(id) : null;
+    const { data, encoding: stored, release } = pooled ?? { data: await deps.chunks.get(id), encoding: 'raw' as const, release: () => undefined };
     try {
       const [body, encoding] = stored === 'zstd' ? [data, stored] : encodeForWire(data);
       size = body.length;

@@ -7,7 +7,8 @@
  * Garbage collection runs beside writers without a lock: see garbage-collector.ts for the rules
  * (last-used times, GC holds) that keep what a writer relies on.
  */
-import { ChunkIntegrityError, type ChunkStore, type ChunkWriter, type StoredRead } from '../chunkstore/chunk-store.ts';
+import { ChunkIntegrityError, type ChunkStore, type ChunkWriter } from '../chunkstore/chunk-store.ts';
+import { readPooled } from '../chunkstore/pooled-read.ts';
 import type { AlignedBufferPool } from '../lib/aligned-memory.ts';
 import { isAllZero } from '../lib/all-zero.ts';
 import { Counter, MetricsRegistry } from '../lib/metrics.ts';
@@ -83,36 +84,23 @@ export class ChunkRepository {
   /**
    * The plain bytes of chunk `id`, verified as `get` verifies them (decoded if stored compressed,
    * hashed, ChunkIntegrityError unless they hash to `id`), but read into buffers of `size` bytes
-   * taken from `buffers` (page-aligned shared memory: read past the page cache, hashed in place by
-   * the pool) instead of a fresh buffer per chunk, which cost a 1 GiB restore ~1 s of garbage
-   * collection (measured, docs/benchmarks.md). `release` gives the buffers back: call it once
-   * nothing reads `data` any more, and only then. A store without `readInto`, and a stored blob
-   * larger than `size` (damage: `get` then reports it), are read with `get`.
+   * taken from `buffers` (chunkstore/pooled-read.ts says why) instead of a fresh buffer per chunk.
+   * `release` gives the buffers back: call it once nothing reads `data` any more, and only then. A
+   * store without `readInto`, and a stored blob larger than `size` (damage: `get` then reports it),
+   * are read with `get`.
    */
   async readVerified(id: string, buffers: AlignedBufferPool, size: number): Promise<{ data: Buffer; release(): void }> {
-    const viaGet = async () => ({ data: await this.chunks.get(id), release: () => undefined });
-    if (!this.chunks.readInto) return viaGet();
-    const stored = buffers.take(size);
+    const stored = await readPooled(this.chunks, id, buffers, size);
+    if (!stored) return { data: await this.chunks.get(id), release: () => undefined };
     let plain: Buffer | null = null;
-    let held = true;
-    // Idempotent: a buffer given back twice would be handed to two readers at once.
     const release = (): void => {
-      if (!held) return;
-      held = false;
-      buffers.give(stored);
+      stored.release();
       if (plain) buffers.give(plain);
+      plain = null; // idempotent, as stored.release is
     };
     try {
-      let read: StoredRead;
-      try {
-        read = await this.chunks.readInto(id, stored);
-      } catch (e) {
-        if (!(e instanceof RangeError)) throw e;
-        release();
-        return await viaGet();
-      }
-      let data = stored.subarray(0, read.length);
-      if (read.encoding === 'zstd') {
+      let data = stored.data;
+      if (stored.encoding === 'zstd') {
         plain = buffers.take(size);
         const n = decodeFrameInto(plain, data);
         // A frame that does not decode (or decodes past a chunk) is checked as the bytes it is:
