@@ -32,7 +32,7 @@ import { JobRunner } from './jobs/job-runner.ts';
 import { jsonLogger, type LogFn } from './lib/logger.ts';
 import { MetricsRegistry } from './lib/metrics.ts';
 import { acquireDataDirLock } from './lib/data-dir-lock.ts';
-import { pathProbe } from './lib/path-probe.ts';
+import { PathProbe } from './lib/path-probe.ts';
 import { Sha256Pool } from './lib/sha256-pool.ts';
 import { copyJob } from './replication/copy-job.ts';
 import { CHUNK_ENCODING_HEADER, MANIFEST_PART_MAX_BYTES, PeerClient, SERVICE_KEY_PREFIX } from './replication/peer-client.ts';
@@ -151,7 +151,17 @@ function nodeIdentity(dir: string, storage: boolean): string {
   return id;
 }
 
-export async function buildRegion(config: ServeConfig, name: string, hasher: Sha256Pool, log: LogFn, options: BuildOptions = {}): Promise<BuiltRegion> {
+/**
+ * The worker threads every region of a process shares: the hash pool (snapshots, copies, restores,
+ * verification) and the path probe (the local chunk stores' batched presence checks).
+ */
+export interface ProcessWorkers {
+  hasher: Sha256Pool;
+  probe: PathProbe;
+}
+
+export async function buildRegion(config: ServeConfig, name: string, workers: ProcessWorkers, log: LogFn, options: BuildOptions = {}): Promise<BuiltRegion> {
+  const { hasher } = workers;
   const dir = join(config.dataDir, name);
   await mkdir(dir, { recursive: true });
   const backends = config.backends[name] ?? { metadata: { type: 'sqlite' as const }, chunkStore: { type: 'local' as const } };
@@ -159,7 +169,7 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
   const roles: ReadonlySet<Role> = config.roles ?? new Set(ROLES);
   const processId = nodeIdentity(dir, shared && roles.has('storage'));
   const stores = await openRegionStores(backends, {
-    dir, region: name, processName: `snapferry ${name} ${[...roles].join(',')}`, hash: (b) => hasher.hash(b), chunkFaults: options.chunkFaults,
+    dir, region: name, processName: `snapferry ${name} ${[...roles].join(',')}`, hash: (b) => hasher.hash(b), probe: workers.probe, chunkFaults: options.chunkFaults,
   });
   const { meta, chunks, manifests } = stores;
   const metrics = new MetricsRegistry();
@@ -367,20 +377,21 @@ export async function buildRegion(config: ServeConfig, name: string, hasher: Sha
 
 export async function startServer(config: ServeConfig, out: NodeJS.WritableStream = process.stdout): Promise<RunningServer> {
   const releaseLocks = lockDataDir(config);
-  const hasher = new Sha256Pool();
-  hasher.warm(); // started while the regions open, not by the first snapshot or copy
-  pathProbe.warm(); // likewise for the chunk stores' presence checks (a copy's first question)
+  const workers: ProcessWorkers = { hasher: new Sha256Pool(), probe: new PathProbe() };
+  // Started while the regions open, not by the first snapshot, copy or "which do you lack".
+  workers.hasher.warm();
+  workers.probe.warm();
   const running: Array<BuiltRegion & { url: string; nbd: NbdServer | null }> = [];
   const closeAll = async (): Promise<void> => {
     // Block clients first (their disks go back to Available), then HTTP, jobs and stores.
     await Promise.allSettled(running.map((r) => r.nbd?.close()));
     await Promise.allSettled(running.map((r) => r.close()));
-    await hasher.close();
+    await Promise.all([workers.hasher.close(), workers.probe.close()]);
     releaseLocks();
   };
   try {
     for (const [index, name] of config.regions.entries()) {
-      const built = await buildRegion(config, name, hasher, jsonLogger({ region: name }));
+      const built = await buildRegion(config, name, workers, jsonLogger({ region: name }));
       const port = config.port + index;
       try {
         await built.app.listen({ host: config.host, port });

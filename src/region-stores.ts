@@ -13,6 +13,7 @@ import type { RegionBackends } from './backend-config.ts';
 import type { ChunkStore } from './chunkstore/chunk-store.ts';
 import { LocalDirChunkStore, type LocalDirStoreOptions } from './chunkstore/local-dir-store.ts';
 import type { S3ChunkStore } from './chunkstore/s3-store.ts';
+import type { PathProbe } from './lib/path-probe.ts';
 import type { MetadataStore } from './metadata/metadata-store.ts';
 import { SqliteMetadataStore } from './metadata/sqlite/sqlite-metadata-store.ts';
 
@@ -32,6 +33,8 @@ export interface OpenStoresOptions {
   /** For PostgreSQL's application_name (pg_stat_activity shows which process holds what). */
   processName: string;
   hash: (data: Buffer) => Promise<string>;
+  /** The process's path probe: the local chunk stores' batched presence checks. */
+  probe: PathProbe;
   /** File-system faults injected into the local chunk store: tests only. */
   chunkFaults?: LocalDirStoreOptions['faultHook'];
 }
@@ -59,8 +62,8 @@ export async function openRegionStores(backends: RegionBackends, o: OpenStoresOp
   try {
     const store = backends.chunkStore;
     if (store.type === 'local') {
-      const chunks = await LocalDirChunkStore.open(join(o.dir, 'chunks'), { hasher: o.hash, faultHook: o.chunkFaults });
-      const manifests = await LocalDirChunkStore.open(join(o.dir, 'manifests'), { hasher: o.hash });
+      const chunks = await LocalDirChunkStore.open(join(o.dir, 'chunks'), { hasher: o.hash, probe: o.probe, faultHook: o.chunkFaults });
+      const manifests = await LocalDirChunkStore.open(join(o.dir, 'manifests'), { hasher: o.hash, probe: o.probe });
       return { meta, chunks, manifests, bucket: null, close: () => meta.close() };
     }
     if (!meta.chunkIndex) throw new Error(`region ${o.region}: its metadata store keeps no chunk index, which an S3 chunk store needs`);

@@ -9,6 +9,7 @@ import { ChunkIntegrityError, ChunkNotFoundError } from '../src/chunkstore/chunk
 import { ChunksLostError } from '../src/chunkstore/chunk-store.ts';
 import { type FaultPoint, LocalDirChunkStore, type LocalDirStoreOptions } from '../src/chunkstore/local-dir-store.ts';
 import { alignedSharedMemory } from '../src/lib/aligned-memory.ts';
+import { PathProbe } from '../src/lib/path-probe.ts';
 import { Sha256Pool } from '../src/lib/sha256-pool.ts';
 import { blob, chunkStoreContract, compressible, frameOf, sha256 } from './helpers/chunkstore-contract.ts';
 
@@ -57,6 +58,10 @@ chunkStoreContract('LocalDirChunkStore', () => makeLocal());
 const pool = new Sha256Pool({ size: 2, inlineBelow: 0 });
 after(() => pool.close());
 chunkStoreContract('LocalDirChunkStore hashing on a Sha256Pool', () => makeLocal({ hasher: (b) => pool.hash(b) }));
+// As a server runs it: has/touch batches answered on the probe's workers (every batch of 8 or more ids).
+const probe = new PathProbe({ size: 2, inlineBelow: 8 });
+after(() => probe.close());
+chunkStoreContract('LocalDirChunkStore answering presence on a worker probe', () => makeLocal({ hasher: (b) => pool.hash(b), probe }));
 
 async function tmpFiles(root: string): Promise<string[]> {
   return fsp.readdir(join(root, '.tmp'));

@@ -44,7 +44,7 @@
 import { DIRECT_IO_ALIGN, isDirectIoReady } from '../lib/aligned-memory.ts';
 import { KeyedMutex } from '../lib/keyed-mutex.ts';
 import { mapLimit } from '../lib/map-limit.ts';
-import { pathProbe, type PathProbe } from '../lib/path-probe.ts';
+import { PathProbe } from '../lib/path-probe.ts';
 import { closeFd, fsyncFd, fsyncPath, fstatSizeSync, O_DIRECT, openFd, PerhapsDirectFile, readFd, setTimesPath, writeFd } from '../lib/raw-fd.ts';
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
@@ -79,8 +79,9 @@ export interface LocalDirStoreOptions {
   /** Files stat'ed at the same time by `list`. Default 32. */
   statConcurrency?: number;
   /**
-   * Answers `has` and `touch` in batches off the event loop (lib/path-probe.ts). Default: the
-   * process's shared probe.
+   * Answers `has` and `touch` in batches off the event loop (lib/path-probe.ts): the process's
+   * probe, whose workers every store shares. Default: one without workers (every path on the thread
+   * pool), as the default hasher hashes on the calling thread.
    */
   probe?: PathProbe;
   /**
@@ -162,7 +163,7 @@ export class LocalDirChunkStore implements ChunkStore {
     this.hasher = options.hasher ?? sha256Hex;
     this.syncConcurrency = Math.max(1, options.syncConcurrency ?? 16);
     this.statConcurrency = Math.max(1, options.statConcurrency ?? 32);
-    this.probe = options.probe ?? pathProbe;
+    this.probe = options.probe ?? new PathProbe({ inlineBelow: Infinity });
     this.faultHook = options.faultHook;
     this.storesPacked = options.storePacked ?? true;
   }

@@ -176,5 +176,3 @@ async function inline(op: Op, entries: readonly (readonly string[])[], seconds: 
   return answer;
 }
 
-/** The process's probe (the chunk stores of every region in it share its workers). */
-export const pathProbe = new PathProbe();

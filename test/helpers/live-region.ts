@@ -14,13 +14,13 @@ import { request } from 'undici';
 import { buildRegionApp, type RegionApiDeps } from '../../src/api/region-app.ts';
 import { loadServeConfig, type Account, type ServeConfig } from '../../src/config.ts';
 import type { LogFn } from '../../src/lib/logger.ts';
-import { Sha256Pool } from '../../src/lib/sha256-pool.ts';
 import { buildRegion, tenantDirectory, type BuiltRegion } from '../../src/main.ts';
 import { SnapshotService } from '../../src/services/snapshot-service.ts';
 import { VolumeDataService } from '../../src/services/volume-data-service.ts';
 import { VolumeService } from '../../src/services/volume-service.ts';
 import { ALICE, BOB, aliceKeys } from './region-harness.ts';
 import { signedRequest, type Keys, type SdkStyle } from './signed-request.ts';
+import { testWorkers } from './process-workers.ts';
 
 export interface LiveRegion {
   config: ServeConfig;
@@ -62,11 +62,11 @@ export interface LiveAppOptions extends Partial<Pick<RegionApiDeps, 'limits' | '
 export async function startLiveRegion(options: { app?: LiveAppOptions; /** Accounts besides Alice and Bob. */ accounts?: Account[] } = {}): Promise<LiveRegion> {
   const dir = await mkdtemp(join(tmpdir(), 'snapferry-live-'));
   const config = { ...loadServeConfig({ dataDir: dir, regions: 'bj' }, {}), accounts: [ALICE, BOB, ...(options.accounts ?? [])], gcGraceMs: 0 };
-  const hasher = new Sha256Pool({ size: 1 });
+  const workers = testWorkers();
   const lines: string[] = [];
   const debugLines: string[] = [];
   const log: LogFn = (level, msg, fields) => void lines.push(JSON.stringify({ level, msg, ...fields }));
-  const built = await buildRegion(config, 'bj', hasher, log);
+  const built = await buildRegion(config, 'bj', workers, log);
   let app = built.app;
   if (options.app) {
     const { debug, configToken, ...rest } = options.app;
@@ -102,7 +102,7 @@ export async function startLiveRegion(options: { app?: LiveAppOptions; /** Accou
         if (app !== built.app) await app.close();
         await built.close();
       } finally {
-        await hasher.close();
+        await workers.close();
         await rm(dir, { recursive: true, force: true });
       }
     },

@@ -9,9 +9,9 @@ import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { loadServeConfig, type Account, type ServeConfig } from '../../src/config.ts';
 import { buildRegion, type BuildOptions } from '../../src/main.ts';
-import { Sha256Pool } from '../../src/lib/sha256-pool.ts';
 import type { Region } from '../../src/services/region-context.ts';
 import { signedRequest, type Keys, type SdkStyle } from './signed-request.ts';
+import { testWorkers } from './process-workers.ts';
 
 export const ALICE: Account = { accountId: 'alice', accessKeyId: 'alice-ak-0123456789abcdef', secretAccessKey: 'alice-secret' };
 export const BOB: Account = { accountId: 'bob', accessKeyId: 'bob-ak-0123456789abcdef', secretAccessKey: 'bob-secret' };
@@ -37,9 +37,9 @@ export interface Harness {
 export async function startHarness(regionName = 'bj', overrides: Partial<ServeConfig> = {}, options: BuildOptions = {}): Promise<Harness> {
   const dir = await mkdtemp(join(tmpdir(), 'snapferry-test-'));
   const config = { ...loadServeConfig({ dataDir: dir, regions: regionName }, {}), accounts: [ALICE, BOB], gcGraceMs: 0, metricsToken: TEST_METRICS_TOKEN, ...overrides };
-  const hasher = new Sha256Pool({ size: 1 });
+  const workers = testWorkers();
   const logs: string[] = [];
-  const built = await buildRegion(config, regionName, hasher, (level, msg, fields) => logs.push(JSON.stringify({ level, msg, ...fields })), options);
+  const built = await buildRegion(config, regionName, workers, (level, msg, fields) => logs.push(JSON.stringify({ level, msg, ...fields })), options);
   await built.app.ready();
   built.start();
   const harness: Harness = {
@@ -70,7 +70,7 @@ export async function startHarness(regionName = 'bj', overrides: Partial<ServeCo
       try {
         await built.close();
       } finally {
-        await hasher.close();
+        await workers.close();
         await rm(dir, { recursive: true, force: true });
       }
     },

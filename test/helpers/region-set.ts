@@ -9,11 +9,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadServeConfig, type ServeConfig } from '../../src/config.ts';
-import { Sha256Pool } from '../../src/lib/sha256-pool.ts';
 import { buildRegion, type BuildOptions, type BuiltRegion } from '../../src/main.ts';
 import { ALICE, BOB, aliceKeys } from './region-harness.ts';
 import { signedRequest, type Keys } from './signed-request.ts';
 import { freePortRange } from './spawned-server.ts';
+import { testWorkers } from './process-workers.ts';
 
 export interface LiveRegion {
   name: string;
@@ -52,7 +52,7 @@ export async function startRegions(specs: RegionSpec[], via?: (from: string, to:
   const dir = await mkdtemp(join(tmpdir(), 'snapferry-regions-'));
   const names = specs.map((s) => s.name);
   const base = await freePortRange(names.length);
-  const hasher = new Sha256Pool({ size: 1 });
+  const workers = testWorkers();
   const regions: Record<string, LiveRegion> = {};
   const logs = new Map<string, string[]>();
   try {
@@ -71,7 +71,7 @@ export async function startRegions(specs: RegionSpec[], via?: (from: string, to:
       config.peers = { ...config.peers, ...peers };
       const lines: string[] = [];
       logs.set(spec.name, lines);
-      const built = await buildRegion(config, spec.name, hasher, (level, msg, fields) => lines.push(JSON.stringify({ t: Date.now(), level, msg, ...fields })), spec.options);
+      const built = await buildRegion(config, spec.name, workers, (level, msg, fields) => lines.push(JSON.stringify({ t: Date.now(), level, msg, ...fields })), spec.options);
       const port = base + i;
       await built.app.listen({ host: '127.0.0.1', port });
       let closed: Promise<void> | null = null;
@@ -92,7 +92,7 @@ export async function startRegions(specs: RegionSpec[], via?: (from: string, to:
     for (const r of Object.values(regions)) r.built.start();
   } catch (e) {
     await Promise.allSettled(Object.values(regions).map((r) => r.close()));
-    await hasher.close();
+    await workers.close();
     await rm(dir, { recursive: true, force: true });
     throw e;
   }
@@ -115,7 +115,7 @@ export async function startRegions(specs: RegionSpec[], via?: (from: string, to:
       try {
         await Promise.allSettled(Object.values(regions).map((r) => r.close()));
       } finally {
-        await hasher.close();
+        await workers.close();
         await rm(dir, { recursive: true, force: true });
       }
     },
