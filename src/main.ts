@@ -226,7 +226,7 @@ export async function buildRegion(config: ServeConfig, name: string, workers: Pr
   jobs.register(snapshotCreateJob(region));
   jobs.register(
     copyJob({
-      chunks, manifests, decodeManifest: (b) => Manifest.decode(b), peer, metrics: replicationMetrics, log,
+      chunks, manifests, decodeManifest: (b) => Manifest.decode(b), peer, metrics: replicationMetrics, log, readBuffers: repo.readBuffers,
       retry: { initialDelayMs: 500, maxDelayMs: 5 * 60_000, deadlineMs: config.copyDeadlineMs },
     }),
   );

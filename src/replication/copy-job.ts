@@ -20,7 +20,7 @@ import { ChunkIntegrityError, ChunkNotFoundError, type ChunkStore } from '../chu
 import { readPooled, type PooledStoredRead } from '../chunkstore/pooled-read.ts';
 import type { JobControl, JobHandler, RetryPolicy } from '../jobs/job-runner.ts';
 import { PermanentJobError } from '../jobs/job-runner.ts';
-import { AlignedBufferPool } from '../lib/aligned-memory.ts';
+import type { AlignedBufferPool } from '../lib/aligned-memory.ts';
 import { mapLimit } from '../lib/map-limit.ts';
 import { Packer } from '../lib/zstd-pack.mjs';
 import type { JobRecord } from '../metadata/metadata-store.ts';
@@ -41,6 +41,8 @@ export interface CopyJobDeps {
   missingBatch?: number;
   /** Size of the manifest parts sent (default and maximum MANIFEST_PART_MAX_BYTES; tests use less). */
   manifestPartBytes?: number;
+  /** The region's pooled read buffers (ChunkRepository.readBuffers), for the chunks' first sends. */
+  readBuffers: AlignedBufferPool;
 }
 
 /** Ids asked about per "which do you lack" round trip. */
@@ -52,8 +54,6 @@ export const MISSING_BATCH = 1024;
  * with 16, alternating runs; 32 gave 274-283).
  */
 export const SENDS_PER_COPY = 16;
-/** Free read buffers kept between uploads, for all of a region's copies together. */
-const READ_BUFFERS_KEPT = 2 * SENDS_PER_COPY;
 /** Sends of one chunk (or manifest part) the destination found damaged, before the attempt fails. */
 export const SENDS_ON_DAMAGE = 3;
 /** Progress reports (each a durable write on both sides) at most this often... */
@@ -67,10 +67,6 @@ const COMMIT_ROUNDS = 3;
 export function copyJob(deps: CopyJobDeps): JobHandler {
   const missingBatch = deps.missingBatch ?? MISSING_BATCH;
   const partBytes = Math.min(deps.manifestPartBytes ?? MANIFEST_PART_MAX_BYTES, MANIFEST_PART_MAX_BYTES);
-  // The read buffers of every copy this region sends, shared by all copies and walks rather than one
-  // pool per walk: each finished walk left its 16 MiB resident until a full collection (peak RSS
-  // of the replication bench 307 MiB with per-walk pools, 275-279 with one).
-  const readBuffers = new AlignedBufferPool(READ_BUFFERS_KEPT);
   return {
     kind: COPY_JOB,
     retry: deps.retry,
@@ -92,7 +88,7 @@ export function copyJob(deps: CopyJobDeps): JobHandler {
         const total = nonZeroBytes(manifest);
         const progress = new ProgressReporter(total, job, control, peer, p.destSnapshotId);
         for (let round = 1; ; round++) {
-          await sendMissingChunks(deps, readBuffers, peer, p.destSnapshotId, manifest, missingBatch, progress, labels, signal);
+          await sendMissingChunks(deps, peer, p.destSnapshotId, manifest, missingBatch, progress, labels, signal);
           try {
             await peer.commit(p.destSnapshotId, signal);
             break;
@@ -164,10 +160,10 @@ async function sendManifest(peer: PeerClient, p: CopyPayload, bytes: Buffer, par
  * answered "missing" although it is on its way: those are not sent again (`racing`). A failed upload
  * fails the attempt, so nothing in `racing` is ever left unsent.
  */
-async function sendMissingChunks(deps: CopyJobDeps, readBuffers: AlignedBufferPool, peer: PeerClient, destSnapshotId: string, manifest: Manifest, batchSize: number, progress: ProgressReporter, labels: Record<string, string>, signal: AbortSignal): Promise<void> {
+async function sendMissingChunks(deps: CopyJobDeps, peer: PeerClient, destSnapshotId: string, manifest: Manifest, batchSize: number, progress: ProgressReporter, labels: Record<string, string>, signal: AbortSignal): Promise<void> {
   progress.restartWalk();
   // A chunk's first send reads its stored bytes into a pooled buffer (chunkstore/pooled-read.ts).
-  const readStored = (id: string): Promise<PooledStoredRead | null> => readPooled(deps.chunks, id, readBuffers, manifest.chunkSize);
+  const readStored = (id: string): Promise<PooledStoredRead | null> => readPooled(deps.chunks, id, deps.readBuffers, manifest.chunkSize);
   // Walked in batches: memory stays bounded however large the snapshot. A chunk that repeats
   // across batches is found present the second time (the destination has it, at least pending).
   const batches = copyBatches(manifest, batchSize);

@@ -6,7 +6,6 @@
  * snapshot rewrites only what changed.
  */
 import type { Disk } from '../blockdev/disk.ts';
-import { AlignedBufferPool } from '../lib/aligned-memory.ts';
 import { mapLimit } from '../lib/map-limit.ts';
 import type { DiskBase } from './capture.ts';
 import type { ChunkRepository } from './chunk-repository.ts';
@@ -54,10 +53,9 @@ export async function restoreDisk(
   if (onProgress) for (const _ of work()) total++;
   let done = 0;
   const inFlight = restoreInFlight(manifest.chunkSize);
-  const buffers = new AlignedBufferPool(2 * inFlight);
   await mapLimit(work(), inFlight, async (i) => {
     signal?.throwIfAborted();
-    const { data, release } = await repo.readVerified(manifest.chunkId(i)!, buffers, manifest.chunkSize);
+    const { data, release } = await repo.readVerified(manifest.chunkId(i)!, repo.readBuffers, manifest.chunkSize);
     try {
       await disk.restoreChunk(i, data);
     } finally {
