@@ -175,4 +175,3 @@ async function inline(op: Op, entries: readonly (readonly string[])[], seconds: 
   );
   return answer;
 }
-
