@@ -5,7 +5,7 @@
  * Why inline at all: on this 2-core machine a pool trip per write costs more than the write. An NBD
  * client's writes (256 KiB and 64 KiB requests from nbdcopy) into the page cache take 30-70 us each
  * inline (median; 99th percentile 0.1-0.2 ms); through the pool the server used 0.9-1.1 CPU s per
- * GiB written against 0.6-0.8 inline, in alternating runs, and wrote 10-15 % faster
+ * GiB written against 0.6-0.8 inline (a process's later writes, alternating processes), and wrote 10-15 % faster
  * (docs/benchmarks.md, 2026-12-03 afternoon). The difference is the hand-off: a futex wake of a pool
  * thread, a context switch onto the loop's core, the completion's wake back.
  *
