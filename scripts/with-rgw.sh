@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs a command with a real S3 endpoint for the S3 chunk store tests:
 #   scripts/with-rgw.sh npm test -- chunkstore-s3
-# Uses the Ceph RGW already running from ../shared/ceph-rgw/start-rgw.sh (state in $CEPH_CI_DIR,
+# Uses the Ceph RGW already running from the shared files' ceph-rgw/start-rgw.sh (scripts/shared-dir.sh) (state in $CEPH_CI_DIR,
 # default /tmp/ceph-ci) if there is one; otherwise starts one (as root; installs Debian's ceph
 # packages the first time) and stops it again when the command ends. Exports SNAPFERRY_TEST_S3_*
 # from its s3.env for the command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RGW_DIR=${RGW_DIR:-../shared/ceph-rgw}
+RGW_DIR=${RGW_DIR:-"$(scripts/shared-dir.sh)/ceph-rgw"}
 export CEPH_CI_DIR=${CEPH_CI_DIR:-/tmp/ceph-ci}
 
 started=0
