@@ -68,6 +68,22 @@ async function assertCopyRestores(copyId: string, chunks: Buffer[]): Promise<voi
   }
 }
 
+/** The destination's copy once it is no longer Creating. */
+async function copyEnded(copyId: string): Promise<{ status: string }> {
+  return until(async () => {
+    const s = (await send(hkgSdk(), 'GET', `/v2/snapshot/${copyId}`)).snapshot;
+    return s.status === 'Creating' ? null : s;
+  }, 60_000, 'the copy to end');
+}
+
+/** The source's record of its copy of `snapshotId` once it has failed. */
+async function sourceFailure(snapshotId: string): Promise<{ attempts: number; lastError: unknown }> {
+  return until(async () => {
+    const c = (await send(bjSdk(), 'GET', `/v2/snapshot/remote_copy/${snapshotId}`)).copies[0];
+    return c.state === 'failed' ? c : null;
+  }, 30_000, 'the source to record the failure');
+}
+
 test('bytes damaged in transit are caught by the destination and exactly those are resent', async () => {
   const { chunks, distinct } = freshChunks(48, 0, randomBytes);
   const snapshotId = await snapshotOf(bj.urls.bj!, tenant, chunks, 'transit');
@@ -104,20 +120,14 @@ test('a chunk damaged in the source\'s store is sent once, refused, never resent
   }
   proxy.resetCounts();
   const copyId = await copyTo(bj.urls.bj!, tenant, snapshotId, 'hkg');
-  const failed = await until(async () => {
-    const s = (await send(hkgSdk(), 'GET', `/v2/snapshot/${copyId}`)).snapshot;
-    return s.status === 'Creating' ? null : s;
-  }, 60_000, 'the copy to end');
+  const failed = await copyEnded(copyId);
   assert.equal(failed.status, 'CreatedFailed');
   const ofVictim = proxy.uploads().filter((u) => u.chunkId === victimId);
   // Once (the unverified first send) or never (had the source checked first); refused either way.
   assert.ok(ofVictim.length <= 1 && ofVictim.every((u) => u.status === 400), `the damaged chunk went out at most once and was refused: ${JSON.stringify(ofVictim)}`);
   assert.ok(proxy.uploads().every((u) => u.chunkId === victimId || u.status === 200), 'every other chunk arrived');
   assert.equal(await durableChunks(hkg.dataDir, 'hkg', [victimId]), 0, 'nothing of the damaged chunk is kept');
-  const source = await until(async () => {
-    const c = (await send(bjSdk(), 'GET', `/v2/snapshot/remote_copy/${snapshotId}`)).copies[0];
-    return c.state === 'failed' ? c : null;
-  }, 30_000, 'the source to record the failure');
+  const source = await sourceFailure(snapshotId);
   assert.equal(source.attempts, 1, 'failed for good at once, not retried');
   assert.match(String(source.lastError), /damage|integrity|hash/i, `the source says why: ${source.lastError}`);
 });
@@ -131,17 +141,11 @@ test('a chunk file grown past a chunk in the source\'s store fails the copy as d
   await appendFile(join(bj.dataDir, 'bj', 'chunks', victimId.slice(0, 2), victimId), Buffer.alloc(4096, 0xab));
   proxy.resetCounts();
   const copyId = await copyTo(bj.urls.bj!, tenant, snapshotId, 'hkg');
-  const failed = await until(async () => {
-    const s = (await send(hkgSdk(), 'GET', `/v2/snapshot/${copyId}`)).snapshot;
-    return s.status === 'Creating' ? null : s;
-  }, 60_000, 'the copy to end');
+  const failed = await copyEnded(copyId);
   assert.equal(failed.status, 'CreatedFailed');
   assert.equal(proxy.uploads().filter((u) => u.chunkId === victimId).length, 0, 'the damaged chunk never went out');
   assert.equal(await durableChunks(hkg.dataDir, 'hkg', [victimId]), 0);
-  const source = await until(async () => {
-    const c = (await send(bjSdk(), 'GET', `/v2/snapshot/remote_copy/${snapshotId}`)).copies[0];
-    return c.state === 'failed' ? c : null;
-  }, 30_000, 'the source to record the failure');
+  const source = await sourceFailure(snapshotId);
   assert.equal(source.attempts, 1, 'failed for good at once, not retried');
   assert.match(String(source.lastError), /damage/i, `the source says why: ${source.lastError}`);
 });

@@ -56,7 +56,7 @@ export class WritePathChooser {
     this.poolUntil = this.now() + this.backoffMs;
   }
 
-  /** For metrics and tests: the back-off now in force (0 when writes go inline). */
+  /** For tests: the back-off now in force (0 when writes go inline). */
   get backoff(): number {
     return this.now() < this.poolUntil ? this.backoffMs : 0;
   }
