@@ -130,6 +130,7 @@ test('internal endpoints: a body without a signed x-bce-content-sha256 is Missin
     ['PUT', `/internal/v1/snapshots/${copyId}/manifest/parts/${sha256('p')}`, Buffer.from('p'), octets],
     ['POST', `/internal/v1/snapshots/${copyId}/chunks/missing`, { ids: [sha256(chunk)] }],
     ['PUT', `/internal/v1/snapshots/${copyId}/chunks/${sha256(chunk)}`, chunk, { ...octets, 'x-snapferry-chunk-encoding': 'raw' }],
+    ['PUT', `/internal/v1/snapshots/${copyId}/chunks`, chunk, { ...octets, 'x-snapferry-chunk-batch': `${sha256(chunk)}:raw:${MiB}:${sha256(chunk)}` }],
     ['PUT', `/internal/v1/snapshots/${copyId}/progress`, { progress: 5 }],
     ['POST', `/internal/v1/snapshots/${copyId}/fail`, { reason: 'x' }],
   ];
@@ -165,7 +166,7 @@ test('the peer client sends and signs x-bce-content-sha256 with every body, and 
         return;
       }
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ manifestId: 'm', missingParts: [], missing: [] }));
+      res.end(JSON.stringify({ manifestId: 'm', missingParts: [], missing: [], results: [{ status: 200 }, { status: 400, code: 'ChunkDigestMismatch', message: 'no' }] }));
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -186,6 +187,17 @@ test('the peer client sends and signs x-bce-content-sha256 with every body, and 
       const signedHeaders = String(r.headers.authorization).split('/')[4]!.split(';');
       assert.ok(signedHeaders.includes('x-bce-content-sha256'), `${r.method} ${r.url} signs it (${signedHeaders.join(';')})`);
     }
+    // A chunk batch signs the SHA-256 of its part list (each part's digest is in it), not of the body.
+    const [a, b] = [randomBytes(4096), randomBytes(100)];
+    const results = await peer.putChunkBatch(id, [{ id: sha256(a), encoding: 'raw', body: a, sha256: sha256(a) }, { id: sha256('z'), encoding: 'zstd', body: b, sha256: sha256(b) }]);
+    assert.deepEqual(results?.map((r) => r.status), [200, 400], 'each part answered on its own');
+    const batch = seen.at(-1)!;
+    const listed = `${sha256(a)}:raw:4096:${sha256(a)},${sha256('z')}:zstd:100:${sha256(b)}`;
+    assert.equal(batch.url, `/internal/v1/snapshots/${id}/chunks`);
+    assert.equal(batch.headers['x-snapferry-chunk-batch'], listed);
+    assert.ok(batch.body.equals(Buffer.concat([a, b])), 'the parts back to back');
+    assert.equal(batch.headers['x-bce-content-sha256'], sha256(listed));
+    assert.ok(String(batch.headers.authorization).split('/')[4]!.split(';').includes('x-bce-content-sha256'), 'signed');
     answerBadDigest = true;
     const err = await peer.putChunk(id, sha256('c'), randomBytes(4096), 'raw').catch((e: unknown) => e);
     assert.equal((err as { code?: string }).code, 'ChunkDigestMismatch', 'resent by the copy job like any chunk damaged in transit');

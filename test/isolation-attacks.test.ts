@@ -295,6 +295,7 @@ test('tenant keys never open internal endpoints (replication, admin gc/scrub/che
     ['PUT', `/internal/v1/snapshots/${aliceCopy}/manifest/parts/${'0'.repeat(64)}`, Buffer.alloc(64)],
     ['POST', `/internal/v1/snapshots/${aliceCopy}/chunks/missing`, { ids: ['0'.repeat(64)] }],
     ['PUT', `/internal/v1/snapshots/${aliceCopy}/chunks/${createHash('sha256').update(Buffer.alloc(4096, 1)).digest('hex')}`, Buffer.alloc(4096, 1)],
+    ['PUT', `/internal/v1/snapshots/${aliceCopy}/chunks`, Buffer.alloc(4096, 1)],
     ['PUT', `/internal/v1/snapshots/${aliceCopy}/progress`, { progress: 50 }],
     ['POST', `/internal/v1/snapshots/${aliceCopy}/commit`, undefined],
     ['POST', `/internal/v1/snapshots/${aliceCopy}/fail`, { reason: 'bob says so' }],

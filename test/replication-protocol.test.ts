@@ -17,7 +17,7 @@ import { Manifest } from '../src/repository/manifest.ts';
 import { maxManifestBytes } from '../src/services/incoming-copy-service.ts';
 import { assertBceError } from './helpers/bce-assert.ts';
 import {
-  assertCopyIdentical, copyStatus, deliverManifest, GiB, MiB, planManifest, publishManifest, putChunk, putPart, randomChunks,
+  assertCopyIdentical, copyStatus, deliverManifest, GiB, MiB, planManifest, publishManifest, putChunk, putChunkBatch, putPart, randomChunks,
   reserveIncoming, sha, snapshotAt, startCopy, syntheticSnapshot, waitAvailable,
 } from './helpers/copy-fixtures.ts';
 import { startFaultProxy, type FaultProxy } from './helpers/fault-proxy.ts';
@@ -257,6 +257,67 @@ test('ChunkTooLarge and the other chunk upload errors are clear 4xx answers', as
   assertBceError(await hkg.call('POST', `/internal/v1/snapshots/${copyId}/commit`, undefined, { keys }), 409, 'OperationDenied');
 });
 
+test('a chunk batch: each part is received and answered on its own, as its single upload would be', async () => {
+  const copyId = await reserveIncoming(hkg, keys, 1);
+  const [a, b, c] = randomChunks(3) as Buffer[];
+  const text = Buffer.alloc(MiB, 'snapferry batch ');
+  const packed = compress(text);
+  const other = sha(Buffer.from('other'));
+  const res = await putChunkBatch(hkg, keys, copyId, [
+    { data: a! },
+    { data: b!, id: other }, // raw, listed with its bytes' digest under another chunk's id
+    { data: packed, id: sha(text), encoding: 'zstd', sha256: sha(packed) },
+    { data: c!, sha256: sha(Buffer.from('not c')) }, // a raw part whose listed digest is not its id: hashed, refused
+  ]);
+  assert.equal(res.status, 200);
+  assert.deepEqual(res.json.results.map((r: { status: number; code?: string }) => [r.status, r.code]), [[200, undefined], [400, 'ChunkDigestMismatch'], [200, undefined], [400, 'BadDigest']]);
+  const asked = [sha(a!), other, sha(text), sha(c!)];
+  const { json } = await hkg.call('POST', `/internal/v1/snapshots/${copyId}/chunks/missing`, { ids: asked }, { keys });
+  assert.deepEqual(json.missing, [other, sha(c!)], 'the parts answered 200 are kept, the refused ones are not');
+  // A part that decodes to other bytes than its id says is ChunkDigestMismatch, as a single upload's.
+  const wrong = await putChunkBatch(hkg, keys, copyId, [{ data: packed, id: other, encoding: 'zstd', sha256: sha(packed) }, { data: c! }]);
+  assert.deepEqual(wrong.json.results.map((r: { status: number; code?: string }) => [r.status, r.code]), [[400, 'ChunkDigestMismatch'], [200, undefined]]);
+  // A copy that is no longer Creating takes nothing: every part says so.
+  assert.equal((await hkg.call('POST', `/internal/v1/snapshots/${copyId}/fail`, { reason: 'test' }, { keys })).status, 200);
+  const late = await putChunkBatch(hkg, keys, copyId, [{ data: a! }, { data: b! }]);
+  assert.deepEqual(late.json.results.map((r: { status: number; code?: string }) => [r.status, r.code]), [[409, 'OperationDenied'], [409, 'OperationDenied']]);
+});
+
+test('a malformed chunk batch is a clear 4xx and nothing of it is applied', async () => {
+  const copyId = await reserveIncoming(hkg, keys, 1);
+  const [a, b] = randomChunks(2) as Buffer[];
+  const listed = `${sha(a!)}:raw:${MiB}:${sha(a!)},${sha(b!)}:raw:${MiB}:${sha(b!)}`;
+  const refused: Array<[string, Awaited<ReturnType<typeof putChunkBatch>>, number, string]> = [
+    ['no part list', await putChunkBatch(hkg, keys, copyId, [{ data: a! }], { header: '' }), 400, 'BadRequest'],
+    ['a part that is not id:encoding:bytes:sha256', await putChunkBatch(hkg, keys, copyId, [{ data: a! }], { header: `${sha(a!)}:raw:${MiB}` }), 400, 'BadRequest'],
+    ['an id that is not hex', await putChunkBatch(hkg, keys, copyId, [{ data: a!, id: 'Z'.repeat(64) }]), 400, 'BadRequest'],
+    ['an unknown encoding', await putChunkBatch(hkg, keys, copyId, [{ data: a!, encoding: 'gzip' }]), 400, 'BadRequest'],
+    ['a part of no bytes', await putChunkBatch(hkg, keys, copyId, [{ data: Buffer.alloc(0) }, { data: a! }]), 400, 'BadRequest'],
+    ['a part longer than a chunk may be', await putChunkBatch(hkg, keys, copyId, [{ data: Buffer.concat([a!, b!]) }]), 400, 'BadRequest'],
+    ['more parts than a batch carries', await putChunkBatch(hkg, keys, copyId, Array.from({ length: 17 }, (_, i) => ({ data: Buffer.alloc(64, i + 1) }))), 400, 'BadRequest'],
+    ['parts that do not add up to the body', await putChunkBatch(hkg, keys, copyId, [{ data: a! }], { header: listed }), 400, 'BadRequest'],
+    ['a signed digest that is not the list\'s', await putChunkBatch(hkg, keys, copyId, [{ data: a! }, { data: b! }], { listDigest: sha(Buffer.concat([a!, b!])) }), 400, 'BadDigest'],
+    ['a Content-MD5', await putChunkBatch(hkg, keys, copyId, [{ data: a! }], { headers: { 'content-md5': createHash('md5').update(a!).digest('base64') } }), 400, 'BadRequest'],
+  ];
+  for (const [what, res, status, code] of refused) {
+    assert.equal(res.status, status, what);
+    assertBceError(res, status, code);
+  }
+  const { json } = await hkg.call('POST', `/internal/v1/snapshots/${copyId}/chunks/missing`, { ids: [sha(a!), sha(b!)] }, { keys });
+  assert.deepEqual(json.missing, [sha(a!), sha(b!)], 'nothing of a refused batch was kept');
+});
+
+test('a copy sends its chunks in batches, one request per four chunks, and the copy is exact', async () => {
+  const chunks = randomChunks(10);
+  const src = await syntheticSnapshot(bj.built.region, chunks);
+  proxy.resetCounts();
+  const copyId = await startCopy(bj, src.snapshotId, 'hkg');
+  await waitAvailable(set, hkg, copyId);
+  assert.deepEqual(proxy.requests().map((r) => [r.chunks, r.batch]), [[4, true], [4, true], [2, true]]);
+  assert.equal(proxy.uploads().filter((u) => u.status === 200).length, 10);
+  await assertCopyIdentical(set, hkg, copyId, chunks);
+});
+
 test('damaged in transit: a chunk is resent; past the resend limit the attempt fails and the job retries', async () => {
   const chunks = randomChunks(1);
   const src = await syntheticSnapshot(bj.built.region, chunks);
@@ -316,6 +377,26 @@ test('garbage collection at every step of an incoming copy (grace 0) keeps what 
   }
   await hkg.built.gc(); // and once more after the copy: it is a root now
   await assertCopyIdentical(set, hkg, copyId, chunks);
+});
+
+// Last in this file: bj's client for hkg then sends single uploads only, for a while (peer-client.ts).
+test('a destination that takes no chunk batches (an older version) gets every chunk on its own, and the copy completes', async () => {
+  const chunks = randomChunks(6);
+  const src = await syntheticSnapshot(bj.built.region, chunks);
+  proxy.resetCounts();
+  proxy.refuseBatches(true);
+  try {
+    const copyId = await startCopy(bj, src.snapshotId, 'hkg');
+    await waitAvailable(set, hkg, copyId);
+    const requests = proxy.requests();
+    // The batches already on their way when the first refusal came back are refused too.
+    assert.equal(requests.filter((r) => r.batch).reduce((n, r) => n + r.chunks, 0), 6, 'the batches were tried, and refused');
+    assert.deepEqual(requests.filter((r) => !r.batch).map((r) => r.chunks), [1, 1, 1, 1, 1, 1], 'then every chunk on its own');
+    assert.equal((await copyStatus(bj, src.snapshotId, copyId)).attempts, 1, 'the refusal is no failure');
+    await assertCopyIdentical(set, hkg, copyId, chunks);
+  } finally {
+    proxy.refuseBatches(false);
+  }
 });
 
 /** A zstd frame of `data` whose header leaves out the content size (as a streaming encoder writes them). */

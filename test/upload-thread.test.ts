@@ -52,11 +52,30 @@ test('bodies arrive byte for byte with their headers, from shared memory and fro
     randomBytes(1 << 20).copy(shared);
     const view = shared.subarray(4096, 4096 + 300_000); // an offset into the shared memory
     const plain = randomBytes(70_000);
-    await Promise.all([thread.put(request(shared, '/a')), thread.put(request(view, '/b')), thread.put(request(plain, '/c')), thread.put(request(Buffer.alloc(0), '/d'))]);
+    // A body in pieces (a chunk batch's parts), shared and plain mixed: sent in order, back to back.
+    const pieces = [view, plain, shared.subarray(0, 5000)];
+    await Promise.all([
+      thread.put(request(shared, '/a')), thread.put(request(view, '/b')), thread.put(request(plain, '/c')), thread.put(request(Buffer.alloc(0), '/d')),
+      thread.put({ ...request(Buffer.concat(pieces), '/e'), body: pieces }),
+    ]);
+    assert.deepEqual(seen.get('/e'), { sha: sha(Buffer.concat(pieces)), header: 'yes' });
     assert.deepEqual(seen.get('/a'), { sha: sha(shared), header: 'yes' });
     assert.deepEqual(seen.get('/b'), { sha: sha(view), header: 'yes' });
     assert.deepEqual(seen.get('/c'), { sha: sha(plain), header: 'yes' });
     assert.deepEqual(seen.get('/d'), { sha: sha(Buffer.alloc(0)), header: 'yes' });
+  } finally {
+    await thread.close();
+  }
+});
+
+test('a 2xx answer\'s body comes back to the caller', async () => {
+  const thread = new UploadThread();
+  handler = (_req, _body, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ results: [{ status: 200 }] }));
+  };
+  try {
+    assert.equal(await thread.put(request(randomBytes(1000))), JSON.stringify({ results: [{ status: 200 }] }));
   } finally {
     await thread.close();
   }

@@ -15,6 +15,7 @@
 import { createHash } from 'node:crypto';
 import { BceClient, BceError, type BceCredentials } from '../lib/bce-client.ts';
 import { CONTENT_SHA256_HEADER, DEFAULT_EXPIRATION_SECONDS, formatTimestamp, sign } from '../lib/bce-auth.ts';
+import { CHUNK_BATCH_HEADER, formatChunkBatch, type ChunkBatchResult, type ChunkEncoding } from '../domain/chunk-batch.ts';
 import { UploadThread } from './upload-thread.ts';
 
 export interface ReserveRequest {
@@ -46,6 +47,8 @@ export const MANIFEST_MAX_PARTS = 4096;
 /** Uploads in flight per peer: 20 copies x 8 chunks each would want 160; these are shared by all copies to the peer. */
 const DATA_CONNECTIONS = 32;
 const CONTROL_CONNECTIONS = 4;
+/** How long a destination that refused a chunk batch as an unknown route gets single uploads only. */
+const BATCH_RETRY_MS = 10 * 60_000;
 /** A chunk upload with no bytes moving either way for this long is given up (and retried by the copy job). */
 const UPLOAD_IDLE_TIMEOUT_MS = 60_000;
 
@@ -55,6 +58,8 @@ export class PeerClient {
   private readonly uploads: ChunkUploader;
   /** The upload thread, when this client made it (else its owner closes it). */
   private readonly ownThread: UploadThread | null;
+  /** When the destination last answered a batch as a route it does not have. */
+  private batchesRefusedAt: number | null = null;
 
   /** `options.uploadThread`: the region's thread for chunk uploads, shared by its peers; without it the client makes its own. */
   constructor(
@@ -102,7 +107,39 @@ export class PeerClient {
    */
   putChunk(destSnapshotId: string, id: string, body: Buffer, encoding: 'raw' | 'zstd', signal?: AbortSignal, bodySha256?: string): Promise<void> {
     const sha256 = bodySha256 ?? createHash('sha256').update(body).digest('hex');
-    return damagedInTransit(this.uploads.put(`/internal/v1/snapshots/${destSnapshotId}/chunks/${id}`, body, sha256, { 'content-type': 'application/octet-stream', [CHUNK_ENCODING_HEADER]: encoding }, signal));
+    return damagedInTransit(this.uploads.put(`/internal/v1/snapshots/${destSnapshotId}/chunks/${id}`, body, sha256, { 'content-type': 'application/octet-stream', [CHUNK_ENCODING_HEADER]: encoding }, signal)).then(() => undefined);
+  }
+
+  /**
+   * Whether to send the destination chunk batches: not for BATCH_RETRY_MS after it answered one as
+   * a route it does not have (a region running an older version; it may be upgraded meanwhile).
+   */
+  get takesBatches(): boolean {
+    return this.batchesRefusedAt === null || Date.now() - this.batchesRefusedAt >= BATCH_RETRY_MS;
+  }
+
+  /**
+   * Uploads several chunks in one request (domain/chunk-batch.ts), each part raw or zstd with its
+   * bytes' SHA-256 (a raw part's id). Answers each part's result in order; null when the
+   * destination has no batch route (then `takesBatches` is false for a while and the caller sends
+   * them one by one). A request that fails as a whole rejects as `putChunk` does.
+   */
+  async putChunkBatch(destSnapshotId: string, parts: ReadonlyArray<{ id: string; encoding: ChunkEncoding; body: Buffer; sha256: string }>, signal?: AbortSignal): Promise<ChunkBatchResult[] | null> {
+    const listed = formatChunkBatch(parts.map((p) => ({ id: p.id, encoding: p.encoding, length: p.body.length, sha256: p.sha256 })));
+    const digest = createHash('sha256').update(listed).digest('hex');
+    let text: string;
+    try {
+      text = await this.uploads.put(`/internal/v1/snapshots/${destSnapshotId}/chunks`, parts.map((p) => p.body), digest, { 'content-type': 'application/octet-stream', [CHUNK_BATCH_HEADER]: listed }, signal);
+    } catch (e) {
+      if (e instanceof BceError && (e.code === 'NoSuchRoute' || e.code === 'MethodNotAllowed')) {
+        this.batchesRefusedAt = Date.now();
+        return null;
+      }
+      throw e;
+    }
+    const results = (JSON.parse(text) as { results?: unknown }).results;
+    if (!Array.isArray(results) || results.length !== parts.length) throw new BceError(502, 'InvalidAnswer', `${this.region} answered a batch of ${parts.length} chunks with ${Array.isArray(results) ? results.length : 'no'} results`, null);
+    return results as ChunkBatchResult[];
   }
 
   async progress(destSnapshotId: string, progress: number, signal?: AbortSignal): Promise<void> {
@@ -142,10 +179,14 @@ class ChunkUploader {
     this.url = new URL(endpoint);
   }
 
-  /** PUT `body` to `path`; resolves on a 2xx, rejects with a BceError otherwise (status 0: no answer). */
-  put(path: string, body: Buffer, sha256: string, extra: Record<string, string>, signal?: AbortSignal): Promise<void> {
+  /**
+   * PUT `body` (or its pieces, in order) to `path` with `sha256` as its signed x-bce-content-sha256;
+   * resolves with the answer's body on a 2xx, rejects with a BceError otherwise (status 0: no answer).
+   */
+  put(path: string, body: Buffer | readonly Buffer[], sha256: string, extra: Record<string, string>, signal?: AbortSignal): Promise<string> {
+    const length = Buffer.isBuffer(body) ? body.length : body.reduce((n, b) => n + b.length, 0);
     const headers: Record<string, string> = {
-      host: this.url.host, 'x-bce-date': formatTimestamp(Date.now()), 'content-length': String(body.length), [CONTENT_SHA256_HEADER]: sha256, ...extra,
+      host: this.url.host, 'x-bce-date': formatTimestamp(Date.now()), 'content-length': String(length), [CONTENT_SHA256_HEADER]: sha256, ...extra,
     };
     headers.authorization = sign({
       method: 'PUT', path, query: [], headers, signedHeaders: null,

@@ -5,14 +5,15 @@
 // through tsx's loader.
 //
 // Protocol (plain objects):
-//   in  { type: 'put', task, origin, path, headers, connections, idleMs, shared, offset, length }
-//         PUT shared[offset, offset + length) (a SharedArrayBuffer: nothing is copied) ...
-//   in  { type: 'put', ..., bytes }    ... or these bytes (copied into the message: small bodies)
+//   in  { type: 'put', task, origin, path, headers, connections, idleMs, pieces }
+//         PUT the pieces in order as the body; each piece is { shared, offset, length }
+//         (shared[offset, offset + length) of a SharedArrayBuffer: nothing is copied) or { bytes }
+//         (copied into the message: small bodies)
 //   in  { type: 'abort', task }        give the upload up (answered as a connection failure)
 //   out { type: 'done', task, status, text, requestId }
-//         the answer: status 0 when there was none (`text` then says why); `text` is the body
-//         of an answer that is not a 2xx. Posted once the request is over: from then on nothing
-//         here reads the body's memory, which the caller may reuse.
+//         the answer: status 0 when there was none (`text` then says why); `text` is the answer's
+//         body. Posted once the request is over: from then on nothing here reads the body's
+//         memory, which the caller may reuse.
 import * as http from 'node:http';
 import * as https from 'node:https';
 import { parentPort } from 'node:worker_threads';
@@ -37,7 +38,7 @@ function agentFor(origin, connections, idleMs) {
 
 function put(msg) {
   const url = new URL(msg.origin);
-  const body = msg.shared ? Buffer.from(msg.shared, msg.offset, msg.length) : Buffer.from(msg.bytes.buffer, msg.bytes.byteOffset, msg.bytes.byteLength);
+  const pieces = msg.pieces.map((p) => (p.shared ? Buffer.from(p.shared, p.offset, p.length) : Buffer.from(p.bytes.buffer, p.bytes.byteOffset, p.bytes.byteLength)));
   let answered = false;
   const answer = (status, text, requestId) => {
     if (answered) return;
@@ -49,13 +50,10 @@ function put(msg) {
   const req = request(
     { agent: agentFor(msg.origin, msg.connections, msg.idleMs), host: url.hostname, port: url.port, method: 'PUT', path: msg.path, headers: msg.headers },
     (res) => {
-      const ok = res.statusCode >= 200 && res.statusCode < 300;
       const parts = [];
-      res.on('data', (d) => {
-        if (!ok) parts.push(d);
-      });
+      res.on('data', (d) => parts.push(d));
       res.once('error', (e) => answer(0, e.message, null));
-      res.once('end', () => answer(res.statusCode ?? 0, ok ? '' : Buffer.concat(parts).toString('utf8'), res.headers['x-bce-request-id'] ?? null));
+      res.once('end', () => answer(res.statusCode ?? 0, Buffer.concat(parts).toString('utf8'), res.headers['x-bce-request-id'] ?? null));
       res.once('close', () => {
         if (!res.complete) answer(0, 'the connection closed before the answer was complete', null);
       });
@@ -64,7 +62,10 @@ function put(msg) {
   requests.set(msg.task, req);
   req.setTimeout(msg.idleMs, () => req.destroy(new Error(`no progress for ${msg.idleMs} ms`)));
   req.once('error', (e) => answer(0, e.message, null));
-  req.end(body);
+  // Corked: the headers and every piece leave in one writev.
+  req.cork();
+  for (const piece of pieces) req.write(piece);
+  req.end();
 }
 
 parentPort.on('message', (msg) => {

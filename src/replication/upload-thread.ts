@@ -28,7 +28,8 @@ export interface UploadRequest {
   path: string;
   /** Every header, the signature included. */
   headers: Record<string, string>;
-  body: Buffer;
+  /** The body, or its pieces in order (a chunk batch's parts). */
+  body: Buffer | readonly Buffer[];
   /** Keep-alive connections to `origin` at most. */
   connections: number;
   /** An upload with no bytes moving either way for this long fails. */
@@ -37,7 +38,7 @@ export interface UploadRequest {
 
 interface Waiting {
   origin: string;
-  resolve(): void;
+  resolve(text: string): void;
   reject(e: Error): void;
   signal: AbortSignal | undefined;
 }
@@ -58,21 +59,23 @@ export class UploadThread {
   private nextTask = 1;
   private closed = false;
 
-  /** Resolves on a 2xx; rejects with a BceError otherwise (status 0: no answer, e.g. refused, reset, aborted). */
-  put(req: UploadRequest, signal?: AbortSignal): Promise<void> {
+  /**
+   * Resolves on a 2xx, with the answer's body (small: a JSON answer); rejects with a BceError
+   * otherwise (status 0: no answer, e.g. refused, reset, aborted).
+   */
+  put(req: UploadRequest, signal?: AbortSignal): Promise<string> {
     if (this.closed) return Promise.reject(new BceError(0, 'ConnectionFailed', `${req.origin}: the upload thread is closed`, null));
     if (signal?.aborted) return Promise.reject(new BceError(0, 'ConnectionFailed', `${req.origin}: the upload was aborted`, null));
     const worker = this.ensureWorker();
     const task = this.nextTask++;
-    const body = req.body;
-    const shared = body.buffer instanceof SharedArrayBuffer;
-    return new Promise<void>((resolve, reject) => {
+    const pieces = Buffer.isBuffer(req.body) ? [req.body] : req.body;
+    return new Promise<string>((resolve, reject) => {
       if (signal) this.watch(signal, task);
       if (this.waiting.size === 0) worker.ref();
       this.waiting.set(task, { origin: req.origin, resolve, reject, signal });
       worker.postMessage({
         type: 'put', task, origin: req.origin, path: req.path, headers: req.headers, connections: req.connections, idleMs: req.idleMs,
-        ...(shared ? { shared: body.buffer, offset: body.byteOffset, length: body.length } : { bytes: new Uint8Array(body.buffer, body.byteOffset, body.length) }),
+        pieces: pieces.map((b) => (b.buffer instanceof SharedArrayBuffer ? { shared: b.buffer, offset: b.byteOffset, length: b.length } : { bytes: new Uint8Array(b.buffer, b.byteOffset, b.length) })),
       });
     });
   }
@@ -106,7 +109,7 @@ export class UploadThread {
   private onAnswer(m: Answer): void {
     const w = this.settle(m.task);
     if (!w) return;
-    if (m.status >= 200 && m.status < 300) return w.resolve();
+    if (m.status >= 200 && m.status < 300) return w.resolve(m.text);
     if (m.status === 0) return w.reject(new BceError(0, 'ConnectionFailed', `${w.origin}: ${m.text}`, null));
     let parsed: { code?: string; message?: string; requestId?: string } = {};
     try {

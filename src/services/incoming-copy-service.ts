@@ -20,6 +20,7 @@
  */
 import { createHash } from 'node:crypto';
 import { ChunkIntegrityError, ChunkNotFoundError, ChunksLostError, type ChunkWriter } from '../chunkstore/chunk-store.ts';
+import type { ChunkBatchPart, ChunkBatchResult } from '../domain/chunk-batch.ts';
 import { ApiError } from '../domain/errors.ts';
 import type { Snapshot } from '../domain/snapshot.ts';
 import { AlignedBufferPool } from '../lib/aligned-memory.ts';
@@ -275,6 +276,19 @@ export class IncomingCopyService {
     } finally {
       unpacked?.release();
     }
+  }
+
+  /**
+   * The parts of a chunk batch (domain/chunk-batch.ts), each received exactly as a single upload is
+   * (`receiveChunk`, all at once as that many uploads would be), each answered on its own: 200, or
+   * the error that upload would have answered. An error that is not an answer (the store failing
+   * under it) fails the whole request once every part has settled, as it fails a single upload.
+   */
+  async receiveBatch(id: string, parts: readonly ChunkBatchPart[], bodies: readonly Buffer[]): Promise<ChunkBatchResult[]> {
+    const settled = await Promise.allSettled(parts.map((p, i) => this.receiveChunk(id, p.id, bodies[i]!, p.encoding, p.sha256)));
+    const failure = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected' && !(s.reason instanceof ApiError));
+    if (failure) throw failure.reason;
+    return settled.map((s) => (s.status === 'fulfilled' ? { status: 200 } : { status: (s.reason as ApiError).status, code: (s.reason as ApiError).code, message: (s.reason as ApiError).message }));
   }
 
   /** Stores a chunk received for the copy `id` through the copy's writer, within its batch. */

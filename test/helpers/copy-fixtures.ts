@@ -207,6 +207,21 @@ export async function reserveIncoming(dest: LiveRegion, keys: Keys, sizeInGB = 1
   return id;
 }
 
+/**
+ * A chunk batch upload (src/domain/chunk-batch.ts) by hand: each part's listed id, encoding and
+ * digest default to a raw chunk's; `header` replaces the whole list, `listDigest` the signed
+ * x-bce-content-sha256 (by default the SHA-256 of the list, as the source sends it).
+ */
+export async function putChunkBatch(
+  dest: LiveRegion, keys: Keys, copyId: string, parts: Array<{ data: Buffer; id?: string; encoding?: string; sha256?: string; length?: number }>,
+  opts: { header?: string; listDigest?: string; headers?: Record<string, string> } = {},
+): Promise<{ status: number; headers: Record<string, unknown>; json: any }> {
+  const listed = opts.header ?? parts.map((p) => `${p.id ?? sha(p.data)}:${p.encoding ?? 'raw'}:${p.length ?? p.data.length}:${p.sha256 ?? sha(p.data)}`).join(',');
+  return dest.call('PUT', `/internal/v1/snapshots/${copyId}/chunks`, Buffer.concat(parts.map((p) => p.data)), {
+    keys, headers: { 'content-type': 'application/octet-stream', 'x-snapferry-chunk-batch': listed, 'x-bce-content-sha256': opts.listDigest ?? sha(Buffer.from(listed)), ...opts.headers },
+  });
+}
+
 export async function putChunk(dest: LiveRegion, keys: Keys, copyId: string, data: Buffer, opts: { id?: string; encoding?: string } = {}): Promise<{ status: number; headers: Record<string, unknown>; json: any }> {
   return dest.call('PUT', `/internal/v1/snapshots/${copyId}/chunks/${opts.id ?? sha(data)}`, data, {
     keys, headers: { 'content-type': 'application/octet-stream', 'x-snapferry-chunk-encoding': opts.encoding ?? 'raw' },

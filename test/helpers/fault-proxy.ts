@@ -1,18 +1,48 @@
 /**
  * An HTTP proxy between two regions that counts, damages, slows or holds what passes through:
  * - counts the raw TCP bytes the source sends through it (headers and bodies: the bytes on the wire),
- *   and every chunk upload with the destination's answer;
- * - flips one byte in the body of the next N chunk uploads (the signature does not cover bodies, so
- *   a flipped byte is exactly what a bad link does);
+ *   and every chunk upload with the destination's answer. A chunk batch (several chunks in one
+ *   request, src/domain/chunk-batch.ts) counts as its parts, each with the destination's answer
+ *   for that part: tests count chunks, however the source groups them into requests;
+ * - flips one byte in the body of the next N chunk uploads (in a batch: of the next N parts; the
+ *   signature does not cover bodies, so a flipped byte is exactly what a bad link does);
  * - delays every chunk upload, or holds the uploads of chosen copies until released;
  * - remembers in which order copies sent their first manifest plan (the order they started in).
  * Everything else is forwarded unchanged. The destination may be down: the proxy then answers 502.
  */
 import { createServer, request, type Server } from 'node:http';
+import { CHUNK_BATCH_HEADER } from '../../src/domain/chunk-batch.ts';
 import type { AddressInfo, Socket } from 'node:net';
 
 /** `PUT /internal/v1/snapshots/{copy}/chunks/{chunk}` */
 const CHUNK_PUT = /^\/internal\/v1\/snapshots\/([^/]+)\/chunks\/([0-9a-f]{64})/;
+/** `PUT /internal/v1/snapshots/{copy}/chunks`: a batch, its parts listed in CHUNK_BATCH_HEADER */
+const CHUNK_BATCH_PUT = /^\/internal\/v1\/snapshots\/([^/?]+)\/chunks(?:\?|$)/;
+
+/** One chunk of an upload: its id and where its bytes are in the request's body. */
+interface UploadPart {
+  chunkId: string;
+  start: number;
+  end: number;
+}
+
+/** The chunks a PUT carries (one for a single upload, the listed parts for a batch), or null for any other request. */
+function chunkUploadOf(method: string | undefined, url: string, headers: Record<string, unknown>, bodyLength: number): { copyId: string; parts: UploadPart[] } | null {
+  if (method !== 'PUT') return null;
+  const single = CHUNK_PUT.exec(url);
+  if (single) return { copyId: single[1]!, parts: [{ chunkId: single[2]!, start: 0, end: bodyLength }] };
+  const batch = CHUNK_BATCH_PUT.exec(url);
+  if (!batch) return null;
+  const parts: UploadPart[] = [];
+  let at = 0;
+  for (const item of String(headers[CHUNK_BATCH_HEADER] ?? '').split(',')) {
+    const [chunkId, , length] = item.split(':');
+    const end = Math.min(bodyLength, at + (Number(length) || 0));
+    parts.push({ chunkId: chunkId ?? '', start: at, end });
+    at = end;
+  }
+  return { copyId: batch[1]!, parts };
+}
 const MANIFEST_PLAN = /^\/internal\/v1\/snapshots\/([^/?]+)\/manifest(?:\?|$)/;
 
 export interface ChunkUpload {
@@ -35,6 +65,10 @@ export interface FaultProxy {
   bytesIn(): number;
   /** Chunk uploads forwarded (and answered) since the last reset, in order. */
   uploads(): ChunkUpload[];
+  /** The chunk upload requests received since the last reset, in order: chunks in each, and whether it was a batch. */
+  requests(): Array<{ copyId: string; chunks: number; batch: boolean }>;
+  /** Answer chunk batches as an older region does, as a route it does not have (404 NoSuchRoute), while `on`. */
+  refuseBatches(on: boolean): void;
   /**
    * Called when the destination has answered a chunk upload, before the source gets the answer
    * (awaited): to kill a process or lose a blob at an exact point.
@@ -69,6 +103,8 @@ export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
   let bytesIn = 0;
   let inflight = 0;
   let uploads: ChunkUpload[] = [];
+  let requests: Array<{ copyId: string; chunks: number; batch: boolean }> = [];
+  let refuseBatches = false;
   let onUpload: ((u: ChunkUpload, all: ChunkUpload[]) => void | Promise<void>) | null = null;
   const held = new Set<string>();
   const waiting = new Map<string, Array<() => void>>();
@@ -81,46 +117,72 @@ export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
     req.on('end', async () => {
       let body = Buffer.concat(chunks);
       const url = req.url ?? '';
-      const chunk = req.method === 'PUT' ? CHUNK_PUT.exec(url) : null;
+      const upload = chunkUploadOf(req.method, url, req.headers, body.length);
+      const copyId = upload?.copyId ?? '';
       // Counted until the proxy has recorded the destination's answer, not until the source's socket
       // closes: a killed source leaves its upload going on here, and it may still arrive.
-      if (chunk) inflight++;
+      const isBatch = upload !== null && CHUNK_BATCH_PUT.test(url);
+      if (upload) requests.push({ copyId, chunks: upload.parts.length, batch: isBatch });
+      if (isBatch && refuseBatches) {
+        res.writeHead(404, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ requestId: '', code: 'NoSuchRoute', message: `No API at PUT ${url}.` }));
+        return;
+      }
+      if (upload) inflight += upload.parts.length;
       const plan = req.method === 'POST' ? MANIFEST_PLAN.exec(url) : null;
       if (plan && !started.includes(plan[1]!)) started.push(plan[1]!);
-      if (chunk && (held.has(chunk[1]!) || (holdEverything && !released.has(chunk[1]!)))) {
+      if (upload && (held.has(copyId) || (holdEverything && !released.has(copyId)))) {
         await new Promise<void>((resolve) => {
-          const list = waiting.get(chunk[1]!) ?? [];
+          const list = waiting.get(copyId) ?? [];
           list.push(resolve);
-          waiting.set(chunk[1]!, list);
+          waiting.set(copyId, list);
         });
       }
-      if (chunk && delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
-      if (chunk && toFail > 0) {
-        toFail--;
-        inflight--;
-        uploads.push({ copyId: chunk[1]!, chunkId: chunk[2]!, status: failStatus, bodyBytes: body.length });
+      if (upload && delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
+      if (upload && toFail > 0) {
+        toFail = Math.max(0, toFail - upload.parts.length);
+        inflight -= upload.parts.length;
+        for (const part of upload.parts) uploads.push({ copyId, chunkId: part.chunkId, status: failStatus, bodyBytes: part.end - part.start });
         res.writeHead(failStatus, { 'content-type': 'application/json' });
         res.end(JSON.stringify({ requestId: '', code: 'ServiceUnavailable', message: 'injected failure' }));
         return;
       }
-      if (chunk && toCorrupt > 0 && body.length > 0) {
-        toCorrupt--;
-        corrupted++;
+      if (upload && toCorrupt > 0 && body.length > 0) {
         body = Buffer.from(body);
-        body[Math.floor(body.length / 2)]! ^= 0x40;
-      }
-      // The hook runs before the source sees the answer, so a test can act at an exact point.
-      let recorded = false;
-      const record = async (status: number): Promise<void> => {
-        if (!chunk || recorded) return;
-        recorded = true;
-        const u = { copyId: chunk[1]!, chunkId: chunk[2]!, status, bodyBytes: body.length };
-        uploads.push(u);
-        try {
-          await onUpload?.(u, uploads);
-        } finally {
-          inflight--;
+        for (const part of upload.parts) {
+          if (toCorrupt === 0 || part.end === part.start) continue;
+          toCorrupt--;
+          corrupted++;
+          body[part.start + Math.floor((part.end - part.start) / 2)]! ^= 0x40;
         }
+      }
+      // The hook runs before the source sees the answer, so a test can act at an exact point: once
+      // per chunk, a batch's parts one after the other.
+      let recorded = false;
+      const record = async (status: number, answer: Buffer | null): Promise<void> => {
+        if (!upload || recorded) return;
+        recorded = true;
+        let partStatus: number[] | null = null;
+        if (answer && status === 200 && isBatch) {
+          try {
+            partStatus = (JSON.parse(answer.toString('utf8')) as { results: Array<{ status: number }> }).results.map((r) => r.status);
+          } catch {
+            partStatus = null;
+          }
+        }
+        let hookError: { error: unknown } | null = null;
+        for (const [i, part] of upload.parts.entries()) {
+          const u = { copyId, chunkId: part.chunkId, status: partStatus?.[i] ?? status, bodyBytes: part.end - part.start };
+          uploads.push(u);
+          try {
+            if (!hookError) await onUpload?.(u, uploads);
+          } catch (error) {
+            hookError = { error };
+          } finally {
+            inflight--;
+          }
+        }
+        if (hookError) throw hookError.error;
       };
       const upstream = request(
         { host: '127.0.0.1', port: targetPort, method: req.method, path: req.url, headers: req.headers },
@@ -128,18 +190,19 @@ export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
           const parts: Buffer[] = [];
           up.on('data', (d: Buffer) => parts.push(d));
           up.once('error', async () => {
-            await record(502); // the destination died mid-answer
+            await record(502, null); // the destination died mid-answer
             res.destroy();
           });
           up.once('end', async () => {
-            await record(up.statusCode ?? 502);
+            const answer = Buffer.concat(parts);
+            await record(up.statusCode ?? 502, answer);
             res.writeHead(up.statusCode ?? 502, up.headers);
-            res.end(Buffer.concat(parts));
+            res.end(answer);
           });
         },
       );
       upstream.on('error', async () => {
-        await record(502);
+        await record(502, null);
         if (res.headersSent) {
           res.destroy();
           return;
@@ -176,10 +239,13 @@ export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
     corrupted: () => corrupted,
     bytesIn: () => bytesIn,
     uploads: () => uploads,
+    requests: () => requests,
+    refuseBatches: (on) => (refuseBatches = on),
     onUpload: (fn) => (onUpload = fn),
     resetCounts: () => {
       bytesIn = 0;
       uploads = [];
+      requests = [];
     },
     failNextChunks: (n, status = 503) => {
       toFail += n;
