@@ -199,6 +199,8 @@ test('the peer client sends and signs x-bce-content-sha256 with every body, and 
     assert.equal(batch.headers['x-bce-content-sha256'], sha256(listed));
     assert.ok(String(batch.headers.authorization).split('/')[4]!.split(';').includes('x-bce-content-sha256'), 'signed');
     answerBadDigest = true;
+    const refused = await peer.putChunkBatch(id, [{ id: sha256(a), encoding: 'raw', body: a, sha256: sha256(a) }, { id: sha256(b), encoding: 'raw', body: b, sha256: sha256(b) }]);
+    assert.deepEqual(refused?.map((r) => [r.status, r.code]), [[400, 'BadDigest'], [400, 'BadDigest']], 'a batch refused as damaged: every part is damaged in transit, to be resent');
     const err = await peer.putChunk(id, sha256('c'), randomBytes(4096), 'raw').catch((e: unknown) => e);
     assert.equal((err as { code?: string }).code, 'ChunkDigestMismatch', 'resent by the copy job like any chunk damaged in transit');
     assert.ok(isTransient(err));

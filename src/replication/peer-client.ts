@@ -122,7 +122,8 @@ export class PeerClient {
    * Uploads several chunks in one request (domain/chunk-batch.ts), each part raw or zstd with its
    * bytes' SHA-256 (a raw part's id). Answers each part's result in order; null when the
    * destination has no batch route (then `takesBatches` is false for a while and the caller sends
-   * them one by one). A request that fails as a whole rejects as `putChunk` does.
+   * them one by one). A list refused as damaged (BadDigest) answers every part BadDigest; any other
+   * request that fails as a whole rejects as `putChunk` does.
    */
   async putChunkBatch(destSnapshotId: string, parts: ReadonlyArray<{ id: string; encoding: ChunkEncoding; body: Buffer; sha256: string }>, signal?: AbortSignal): Promise<ChunkBatchResult[] | null> {
     const listed = formatChunkBatch(parts.map((p) => ({ id: p.id, encoding: p.encoding, length: p.body.length, sha256: p.sha256 })));
@@ -135,6 +136,9 @@ export class PeerClient {
         this.batchesRefusedAt = Date.now();
         return null;
       }
+      // The list did not hash to its signed digest: damaged on the way like a body, so every part
+      // is answered as damaged in transit (and sent again on its own).
+      if (e instanceof BceError && e.code === 'BadDigest') return parts.map(() => ({ status: e.status, code: 'BadDigest', message: e.message }));
       throw e;
     }
     const results = (JSON.parse(text) as { results?: unknown }).results;
