@@ -72,19 +72,25 @@ async function readChunkBody(req: FastifyRequest, limit: number, lease: (length:
   const source = ((req.body as Readable | undefined) ?? req.raw) as Readable;
   if (!Number.isSafeInteger(declared) || declared < 0) return { body: { buffer: await readRaw(req, limit), release: () => undefined }, sha256 };
   // One buffer of the declared length, filled as the socket delivers: no concatenation afterwards.
-  const body = lease(declared);
-  let size: number;
+  const [body] = await fillLeases(source, [declared], lease);
+  return { body: body!, sha256 };
+}
+
+/**
+ * Leases one buffer per length and fills them in order with the whole body (`lengths` add up to
+ * its Content-Length); on any failure, a body that ended early included, every lease is released.
+ */
+async function fillLeases(source: Readable, lengths: readonly number[], lease: (length: number) => BodyLease): Promise<BodyLease[]> {
+  const declared = lengths.reduce((n, l) => n + l, 0);
+  const leases = lengths.map((l) => lease(l));
   try {
-    size = await fillFrom(source, [body.buffer], declared);
+    const size = await fillFrom(source, leases.map((l) => l.buffer), declared);
+    if (size !== declared) throw new ApiError('BadRequest', `The body ended after ${size} of its ${declared} bytes.`);
   } catch (e) {
-    body.release();
+    for (const l of leases) l.release();
     throw e;
   }
-  if (size !== declared) {
-    body.release();
-    throw new ApiError('BadRequest', `The body ended after ${size} of its ${declared} bytes.`);
-  }
-  return { body, sha256 };
+  return leases;
 }
 
 /**
@@ -159,15 +165,7 @@ async function readChunkBatchBody(req: FastifyRequest, parts: readonly ChunkBatc
   const declared = Number(req.headers['content-length']);
   const total = parts.reduce((n, p) => n + p.length, 0);
   if (declared !== total) throw new ApiError('BadRequest', `The batch's parts add up to ${total} bytes; its Content-Length says ${req.headers['content-length'] ?? 'nothing'}.`);
-  const leases = parts.map((p) => lease(p.length));
-  try {
-    const size = await fillFrom(((req.body as Readable | undefined) ?? req.raw) as Readable, leases.map((l) => l.buffer), declared);
-    if (size !== declared) throw new ApiError('BadRequest', `The body ended after ${size} of its ${declared} bytes.`);
-  } catch (e) {
-    for (const l of leases) l.release();
-    throw e;
-  }
-  return leases;
+  return fillLeases(((req.body as Readable | undefined) ?? req.raw) as Readable, parts.map((p) => p.length), lease);
 }
 
 const SNAPSHOT_ID = /^s-[A-Za-z0-9]{1,64}$/;

@@ -14,7 +14,8 @@
  * Why batches: one request per 1 MiB chunk cost each side a request's work per MiB (signing and
  * checking the signature, the HTTP exchange, the hand-offs to and from the upload thread). A copy
  * of 1 GiB with 4 MiB chunks (a quarter of the requests, and of the chunk files) took a third less
- * CPU than with 1 MiB chunks; batches of 4 took 15 % less (docs/benchmarks.md, 2026-12-03 evening).
+ * CPU than with 1 MiB chunks; batches of 4 took about 10 % less, and were no faster within this VM's
+ * noise (docs/benchmarks.md, 2026-12-03 evening).
  */
 import { ApiError } from './errors.ts';
 

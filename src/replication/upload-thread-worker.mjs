@@ -62,7 +62,7 @@ function put(msg) {
   requests.set(msg.task, req);
   req.setTimeout(msg.idleMs, () => req.destroy(new Error(`no progress for ${msg.idleMs} ms`)));
   req.once('error', (e) => answer(0, e.message, null));
-  // Corked: the headers and every piece leave in one writev.
+  // Corked, so the headers and the pieces are handed to the socket together, not one write each.
   req.cork();
   for (const piece of pieces) req.write(piece);
   req.end();
