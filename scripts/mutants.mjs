@@ -4,6 +4,8 @@
 //   npm run mutants -- NAME [NAME ...]   only these
 //   npm run mutants -- --check-clean     runs each mutant's test set once WITHOUT its patch (must pass)
 //   npm run mutants -- --scratch         prints a scratch copy (a git repo) to write a new patch in
+//   npm run mutants -- --check-patches   only checks that every patch still applies (seconds; CI runs
+//                                        it before the tests, so a stale patch fails at once)
 //   options: --jobs=1|2 (default 2), --keep (keep the scratch copies), --list
 //
 // Each entry of mutants.json: { name, rule (the invariant in words), patch (a file under
@@ -227,6 +229,13 @@ async function main() {
   if (flag('--list')) {
     for (const m of chosen) console.log(`${m.name}\t${m.tests.join(',')}\t${m.rule}`);
     return 0;
+  }
+  if (flag('--check-patches')) {
+    // --check writes nothing: checked against the tree itself.
+    const stale = chosen.filter((m) => !git(['apply', '--check', join(MUTANTS_DIR, m.patch)]).ok);
+    for (const m of stale) console.error(`mutants: ${m.patch} no longer applies: regenerate it against the current code (npm run mutants -- --scratch)`);
+    console.log(`${chosen.length - stale.length}/${chosen.length} mutant patches apply`);
+    return stale.length ? 1 : 0;
   }
   const checkClean = flag('--check-clean');
   const started = Date.now();
