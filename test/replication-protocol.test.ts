@@ -318,6 +318,21 @@ test('a copy sends its chunks in batches, one request per four chunks, and the c
   await assertCopyIdentical(set, hkg, copyId, chunks);
 });
 
+test('a 2xx batch answer that is no answer (not one result per part) fails the attempt as InvalidAnswer; the retry completes the copy', async () => {
+  const chunks = randomChunks(4);
+  const src = await syntheticSnapshot(bj.built.region, chunks);
+  proxy.resetCounts();
+  proxy.garbleNextBatchAnswers(1);
+  const copyId = await startCopy(bj, src.snapshotId, 'hkg');
+  await waitAvailable(set, hkg, copyId);
+  const status = await copyStatus(bj, src.snapshotId, copyId);
+  assert.equal(status.attempts, 2, 'the garbled answer failed the first attempt, the retry completed');
+  assert.ok(bj.logs().some((l) => l.msg === 'job attempt failed; will retry' && /InvalidAnswer|no result per chunk/.test(l.reason)), 'the failed attempt names the answer');
+  // The destination had stored the parts: the retry asks what it lacks and sends none of them again.
+  assert.deepEqual(proxy.requests().map((r) => r.chunks), [4]);
+  await assertCopyIdentical(set, hkg, copyId, chunks);
+});
+
 test('damaged in transit: a chunk is resent; past the resend limit the attempt fails and the job retries', async () => {
   const chunks = randomChunks(1);
   const src = await syntheticSnapshot(bj.built.region, chunks);
@@ -379,23 +394,27 @@ test('garbage collection at every step of an incoming copy (grace 0) keeps what 
   await assertCopyIdentical(set, hkg, copyId, chunks);
 });
 
-// Last in this file: bj's client for hkg then sends single uploads only, for a while (peer-client.ts).
+// Regions of its own: the source's client then sends single uploads only, for a while (peer-client.ts),
+// which would change what the other tests see.
 test('a destination that takes no chunk batches (an older version) gets every chunk on its own, and the copy completes', async () => {
-  const chunks = randomChunks(6);
-  const src = await syntheticSnapshot(bj.built.region, chunks);
-  proxy.resetCounts();
-  proxy.refuseBatches(true);
+  let oldProxy: FaultProxy | undefined;
+  const old = await startRegions([{ name: 'bj' }, { name: 'hkg' }], async (from, to, port) => (from === 'bj' && to === 'hkg' ? (oldProxy = await startFaultProxy(port)).url : null));
   try {
-    const copyId = await startCopy(bj, src.snapshotId, 'hkg');
-    await waitAvailable(set, hkg, copyId);
-    const requests = proxy.requests();
+    const [source, destination] = [old.regions.bj!, old.regions.hkg!];
+    oldProxy!.refuseBatches(true);
+    const chunks = randomChunks(6);
+    const src = await syntheticSnapshot(source.built.region, chunks);
+    const copyId = await startCopy(source, src.snapshotId, 'hkg');
+    await waitAvailable(old, destination, copyId);
+    const requests = oldProxy!.requests();
     // The batches already on their way when the first refusal came back are refused too.
     assert.equal(requests.filter((r) => r.batch).reduce((n, r) => n + r.chunks, 0), 6, 'the batches were tried, and refused');
     assert.deepEqual(requests.filter((r) => !r.batch).map((r) => r.chunks), [1, 1, 1, 1, 1, 1], 'then every chunk on its own');
-    assert.equal((await copyStatus(bj, src.snapshotId, copyId)).attempts, 1, 'the refusal is no failure');
-    await assertCopyIdentical(set, hkg, copyId, chunks);
+    assert.equal((await copyStatus(source, src.snapshotId, copyId)).attempts, 1, 'the refusal is no failure');
+    await assertCopyIdentical(old, destination, copyId, chunks);
   } finally {
-    proxy.refuseBatches(false);
+    await old.close();
+    await oldProxy?.close();
   }
 });
 

@@ -67,3 +67,25 @@ export function parseChunkBatch(value: unknown, maxPartBytes: number): ChunkBatc
     return { id, encoding, length: Number(length), sha256 };
   });
 }
+
+/**
+ * The per-part answers in the body of a 2xx answer to a batch of `parts` parts, or null when the
+ * body is not that (not JSON, not one result per part, a result without a numeric status): an
+ * answer the source cannot act on part by part, which the peer client reports as InvalidAnswer.
+ */
+export function parseChunkBatchAnswer(text: string, parts: number): ChunkBatchResult[] | null {
+  let answer: unknown;
+  try {
+    answer = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  const results = (answer as { results?: unknown } | null)?.results;
+  if (!Array.isArray(results) || results.length !== parts) return null;
+  const ok = results.every(
+    (r: unknown) =>
+      typeof r === 'object' && r !== null && Number.isInteger((r as ChunkBatchResult).status) &&
+      ['string', 'undefined'].includes(typeof (r as ChunkBatchResult).code) && ['string', 'undefined'].includes(typeof (r as ChunkBatchResult).message),
+  );
+  return ok ? (results as ChunkBatchResult[]) : null;
+}

@@ -15,7 +15,7 @@
 import { createHash } from 'node:crypto';
 import { BceClient, BceError, type BceCredentials } from '../lib/bce-client.ts';
 import { CONTENT_SHA256_HEADER, DEFAULT_EXPIRATION_SECONDS, formatTimestamp, sign } from '../lib/bce-auth.ts';
-import { CHUNK_BATCH_HEADER, formatChunkBatch, type ChunkBatchResult, type ChunkEncoding } from '../domain/chunk-batch.ts';
+import { CHUNK_BATCH_HEADER, formatChunkBatch, parseChunkBatchAnswer, type ChunkBatchResult, type ChunkEncoding } from '../domain/chunk-batch.ts';
 import { UploadThread } from './upload-thread.ts';
 
 export interface ReserveRequest {
@@ -141,9 +141,12 @@ export class PeerClient {
       if (e instanceof BceError && e.code === 'BadDigest') return parts.map(() => ({ status: e.status, code: 'BadDigest', message: e.message }));
       throw e;
     }
-    const results = (JSON.parse(text) as { results?: unknown }).results;
-    if (!Array.isArray(results) || results.length !== parts.length) throw new BceError(502, 'InvalidAnswer', `${this.region} answered a batch of ${parts.length} chunks with ${Array.isArray(results) ? results.length : 'no'} results`, null);
-    return results as ChunkBatchResult[];
+    const results = parseChunkBatchAnswer(text, parts.length);
+    // A garbled answer (a proxy on the way, a destination of another version) is a failed upload of
+    // every part, retried as a 5xx is: the parts' fate is unknown, and the destination keeps only
+    // bytes that hash to their ids, so sending them again is safe.
+    if (!results) throw new BceError(502, 'InvalidAnswer', `${this.region} answered a batch of ${parts.length} chunks with no result per chunk: ${JSON.stringify(text.slice(0, 200))}`, null);
+    return results;
   }
 
   async progress(destSnapshotId: string, progress: number, signal?: AbortSignal): Promise<void> {

@@ -69,6 +69,8 @@ export interface FaultProxy {
   requests(): Array<{ copyId: string; chunks: number; batch: boolean }>;
   /** Answer chunk batches as an older region does, as a route it does not have (404 NoSuchRoute), while `on`. */
   refuseBatches(on: boolean): void;
+  /** Replace the body of the next `n` 2xx batch answers with text that is no answer (as a broken proxy might); the parts stay stored. */
+  garbleNextBatchAnswers(n: number): void;
   /**
    * Called when the destination has answered a chunk upload, before the source gets the answer
    * (awaited): to kill a process or lose a blob at an exact point.
@@ -105,6 +107,7 @@ export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
   let uploads: ChunkUpload[] = [];
   let requests: Array<{ copyId: string; chunks: number; batch: boolean }> = [];
   let refuseBatches = false;
+  let toGarble = 0;
   let onUpload: ((u: ChunkUpload, all: ChunkUpload[]) => void | Promise<void>) | null = null;
   const held = new Set<string>();
   const waiting = new Map<string, Array<() => void>>();
@@ -194,9 +197,15 @@ export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
             res.destroy();
           });
           up.once('end', async () => {
-            const answer = Buffer.concat(parts);
+            let answer = Buffer.concat(parts);
             await record(up.statusCode ?? 502, answer);
-            res.writeHead(up.statusCode ?? 502, up.headers);
+            const headers = { ...up.headers };
+            if (isBatch && up.statusCode === 200 && toGarble > 0) {
+              toGarble--;
+              answer = Buffer.from('<html>upstream said ok</html>');
+              headers['content-length'] = String(answer.length);
+            }
+            res.writeHead(up.statusCode ?? 502, headers);
             res.end(answer);
           });
         },
@@ -241,6 +250,7 @@ export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
     uploads: () => uploads,
     requests: () => requests,
     refuseBatches: (on) => (refuseBatches = on),
+    garbleNextBatchAnswers: (n) => (toGarble += n),
     onUpload: (fn) => (onUpload = fn),
     resetCounts: () => {
       bytesIn = 0;
