@@ -321,6 +321,16 @@ export interface MachineLimits {
   diskWriteMiBps: number;
   /** `dd` of the same file from a cold page cache, one 4 MiB read at a time: MiB/s. */
   diskReadMiBps: number;
+  /** The same `dd` past the page cache (`oflag=direct`, 4 MiB writes, `conv=fsync`): the device itself, MiB/s. */
+  diskDirectWriteMiBps: number;
+  /**
+   * 1 GiB of zeros `dd`'d into a new file's page cache (no sync), twice, the first file removed
+   * before the second: MiB/s of each. On this kind of VM pages the guest freed go back to the host
+   * within seconds and cost a fault on their next first touch, so the first fill is the one a
+   * fresh or idle machine gives, the second the one of pages just freed (docs/benchmarks.md,
+   * 2026-12-04). Every page-cache write of a peer or of ours pays one or the other.
+   */
+  pageCacheFillMiBps: [first: number, again: number];
   /** SHA-256 on one core (Node's crypto, 1 MiB inputs): MiB/s. */
   sha256MiBpsPerCore: number;
   cores: number;
@@ -335,6 +345,16 @@ export async function machineLimits(dir: string): Promise<MachineLimits> {
   await rm(out, { force: true });
   const write = await timed(() => run('dd', [`if=${source.path}`, `of=${out}`, 'bs=4M', 'conv=fsync', 'status=none']));
   await rm(out, { force: true });
+  const direct = await timed(() => run('dd', [`if=${source.path}`, `of=${out}`, 'bs=4M', 'oflag=direct', 'conv=fsync', 'status=none']));
+  await rm(out, { force: true });
+  const fill = async (): Promise<number> => {
+    const ms = (await timed(() => run('dd', ['if=/dev/zero', `of=${out}`, 'bs=1M', 'count=1024', 'status=none']))).ms;
+    await rm(out, { force: true });
+    return 1024 / (ms / 1000);
+  };
+  const firstFill = await fill();
+  const againFill = await fill();
+  await run('sync', []);
   await dropCaches();
   const read = await timed(() => run('dd', [`if=${source.path}`, 'of=/dev/null', 'bs=4M', 'status=none']));
   const buf = randomBytes(MiB);
@@ -347,6 +367,8 @@ export async function machineLimits(dir: string): Promise<MachineLimits> {
   const hashS = Number(process.hrtime.bigint() - start) / 1e9;
   return {
     diskWriteMiBps: 1024 / (write.ms / 1000),
+    diskDirectWriteMiBps: 1024 / (direct.ms / 1000),
+    pageCacheFillMiBps: [firstFill, againFill],
     diskReadMiBps: 1024 / (read.ms / 1000),
     sha256MiBpsPerCore: n / hashS,
     cores: availableParallelism(),

@@ -42,7 +42,11 @@ const benches = [
 const started = new Date().toISOString();
 console.log(`load average at start: ${await loadAverage()}; measuring the machine's limits ...`);
 const limits = await machineLimits(dir);
-console.log(`disk write (dd of 1 GiB random, conv=fsync) ${limits.diskWriteMiBps.toFixed(0)} MiB/s; cold read (dd, one stream) ${limits.diskReadMiBps.toFixed(0)} MiB/s; SHA-256 ${limits.sha256MiBpsPerCore.toFixed(0)} MiB/s per core; ${limits.cores} cores`);
+/** The two page-cache fills (MachineLimits.pageCacheFillMiBps): pages first touched, pages just freed. */
+function fills(l: typeof limits): string {
+  return `${l.pageCacheFillMiBps[0].toFixed(0)} MiB/s first, ${l.pageCacheFillMiBps[1].toFixed(0)} MiB/s again`;
+}
+console.log(`disk write (dd of 1 GiB random, conv=fsync) ${limits.diskWriteMiBps.toFixed(0)} MiB/s, past the page cache (oflag=direct) ${limits.diskDirectWriteMiBps.toFixed(0)} MiB/s; page-cache fill of 1 GiB ${fills(limits)}; cold read (dd, one stream) ${limits.diskReadMiBps.toFixed(0)} MiB/s; SHA-256 ${limits.sha256MiBpsPerCore.toFixed(0)} MiB/s per core; ${limits.cores} cores`);
 
 const outputs = new Map<string, string>();
 for (const b of benches) {
@@ -131,7 +135,7 @@ const table = [...rows, '', '| | measured | target |', '|---|---|---|', ...extra
 const finished = await loadAverage();
 console.log(`\n## Issue 10's table (one run each unless --runs; load average at start ${limits.loadAverage}, at the end ${finished})\n`);
 for (const l of table) console.log(l);
-console.log(`\nMachine: disk write ${limits.diskWriteMiBps.toFixed(0)} MiB/s (dd conv=fsync), cold read ${limits.diskReadMiBps.toFixed(0)} MiB/s (dd, one stream), SHA-256 ${limits.sha256MiBpsPerCore.toFixed(0)} MiB/s per core, ${limits.cores} cores.`);
+console.log(`\nMachine: disk write ${limits.diskWriteMiBps.toFixed(0)} MiB/s (dd conv=fsync), ${limits.diskDirectWriteMiBps.toFixed(0)} MiB/s past the page cache (oflag=direct); page-cache fill ${fills(limits)}; cold read ${limits.diskReadMiBps.toFixed(0)} MiB/s (dd, one stream), SHA-256 ${limits.sha256MiBpsPerCore.toFixed(0)} MiB/s per core, ${limits.cores} cores.`);
 await writeFile('bench/results.json', `${JSON.stringify({ started, finished: new Date().toISOString(), loadAverage: { start: limits.loadAverage, end: finished }, machine: limits, sizesMiB, snapshot: snap, replication: repl, nbd, table }, null, 2)}\n`);
 console.log('\nwritten: bench/results.json');
 

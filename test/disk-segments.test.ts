@@ -15,6 +15,7 @@ import { ChunkMap } from '../src/blockdev/chunk-map.ts';
 import { DiskManager } from '../src/blockdev/disk-manager.ts';
 import { DiskFormatError, SEGMENT_BYTES, SegmentedImage, segmentName } from '../src/blockdev/segmented-image.ts';
 import { WritePathChooser, type WriteWay } from '../src/blockdev/write-path.ts';
+import { alignedSharedMemory } from '../src/lib/aligned-memory.ts';
 
 const MiB = 1 << 20;
 const GiB = 1024 ** 3;
@@ -93,6 +94,24 @@ test('flush fdatasyncs exactly the segments written since the last flush and fsy
   assert.deepEqual(idle, { datasync: [], sync: [] }, 'nothing written: nothing synced');
   await image.write(Buffer.alloc(100, 3), 3 * seg + 100); // an existing segment: no directory sync
   assert.deepEqual(await recordSyncs(() => image.flush()), { datasync: [join(segDir, segmentName(3))], sync: [] });
+  await image.close();
+});
+
+test('direct writes (a restore\'s) are synced by the next flush like any write: their segments fdatasynced, the directory fsynced for a new one', async () => {
+  const seg = MiB;
+  const { image, segDir } = await freshImage('flush-direct', 4 * seg, seg);
+  const aligned = Buffer.from(alignedSharedMemory(seg), 0, seg);
+  aligned.set(randomBytes(seg));
+  await image.writeDirect(aligned, 0);
+  await image.writeDirect(aligned.subarray(0, 65536), 2 * seg);
+  const first = await recordSyncs(() => image.flush());
+  assert.deepEqual(first.datasync.sort(), [join(segDir, segmentName(0)), join(segDir, segmentName(2))]);
+  assert.deepEqual(first.sync, [segDir], 'the segments were created: their directory is synced');
+  await image.writeDirect(aligned.subarray(0, 65536), 2 * seg + 65536); // an existing segment
+  assert.deepEqual(await recordSyncs(() => image.flush()), { datasync: [join(segDir, segmentName(2))], sync: [] });
+  const back = Buffer.alloc(seg);
+  await image.read(back, 0, seg, 0);
+  assert.ok(back.equals(aligned));
   await image.close();
 });
 

@@ -307,9 +307,16 @@ export class Disk implements BlockTarget {
     });
   }
 
-  /** Writes a whole chunk during a restore: no copy-on-write, no generation (the caller resets the map after). */
+  /**
+   * Writes a whole chunk during a restore: no copy-on-write, no generation (the caller resets the
+   * map after), past the page cache where it can (SegmentedImage.writeDirect says why).
+   */
   async restoreChunk(index: number, data: Buffer): Promise<void> {
-    await this.writeFile(data, index * this.chunkSize);
+    try {
+      await this.image.writeDirect(data, index * this.chunkSize);
+    } catch (e) {
+      throw new BlockIoError(`write failed: ${(e as Error).message}`);
+    }
   }
 
   /**

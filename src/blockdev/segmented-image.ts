@@ -30,7 +30,7 @@ import { constants, writeSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DIRECT_IO_ALIGN } from '../lib/aligned-memory.ts';
-import { closeFd, O_DIRECT, openPerhapsDirect, readFd } from '../lib/raw-fd.ts';
+import { closeFd, O_DIRECT, openPerhapsDirect, readFd, writeFd } from '../lib/raw-fd.ts';
 import { ReadPathChooser } from './read-path.ts';
 import { WritePathChooser } from './write-path.ts';
 
@@ -135,6 +135,8 @@ export class SegmentedImage {
   private dirCreatedSinceFlush = false;
   /** False once the file system refused O_DIRECT (readDirect then reads through the page cache). */
   private directReads = O_DIRECT !== 0;
+  /** The same for writes (writeDirect then writes through the page cache). */
+  private directWrites = O_DIRECT !== 0;
   /** How `readOnce` reads: through the page cache or past it. */
   private readonly onceReads = new ReadPathChooser();
   /** A failure of a background eviction's fdatasync, reported by the next flush. */
@@ -230,7 +232,7 @@ export class SegmentedImage {
 
   /** Bytes of one piece read directly (from 0: the rest, if any, is for the buffered path). */
   private async readPieceDirect(key: number, buf: Buffer, at: number, length: number, filePosition: number): Promise<number> {
-    const path = key === LEGACY_KEY ? this.legacyPath! : join(this.segmentDir, segmentName(key));
+    const path = this.segmentPath(key);
     let opened: { fd: number; direct: boolean };
     try {
       opened = await openPerhapsDirect(path, constants.O_RDONLY, true);
@@ -290,6 +292,61 @@ export class SegmentedImage {
         }
       });
     }
+  }
+
+  /**
+   * Writes like `write`, but past the page cache (O_DIRECT) where the kernel allows it: for a
+   * restore, which writes every chunk of a disk that nothing else writes meanwhile. Why: on this
+   * kind of VM, page-cache pages the guest has not touched lately are backed by the host only on
+   * first touch, and filling them ran at ~425 MB/s against 5 GB/s for pages in use (docs/benchmarks.md,
+   * 2026-12-04): a 1 GiB restore took 2.6-2.9 s when its writes found such pages, 1.0 s when they
+   * did not. A direct write never allocates page-cache pages, and its fdatasync at the end has
+   * nothing left to write back but the file's metadata.
+   *
+   * Durable after the next flush, as any write (the slot is marked dirty: its fdatasync makes the
+   * file's size and extents, and the device's cache, durable). Coherent with the page cache: the
+   * kernel writes a range's cached pages back and drops them around a direct write over it. What
+   * is not aligned (memory, length, position), or refused by the file system (EINVAL), and
+   * whatever follows a short write, goes through `write`, so the bytes always land.
+   */
+  async writeDirect(data: Buffer, position: number): Promise<void> {
+    if (!this.directWrites || !isAligned(data.byteOffset, data.length, position)) return this.write(data, position);
+    for (const p of this.pieces(position, data.length)) {
+      const done = await this.writePieceDirect(p.key, data, p.offset, p.length, p.filePosition);
+      if (done < p.length) await this.write(data.subarray(p.offset + done, p.offset + p.length), position + p.offset + done);
+    }
+  }
+
+  /** Bytes of one piece written directly (from 0: the rest, if any, is for the buffered path). */
+  private async writePieceDirect(key: number, data: Buffer, offset: number, length: number, filePosition: number): Promise<number> {
+    // Through the slot: the segment is created (and its directory synced at the next flush) as for any write.
+    return this.withSegment(key, true, async (_fh, slot) => {
+      const opened = await openPerhapsDirect(this.segmentPath(key), constants.O_WRONLY, true);
+      if (!opened.direct) {
+        closeFd(opened.fd);
+        this.directWrites = false; // no O_DIRECT on this file system: never try again
+        return 0;
+      }
+      let done = 0;
+      try {
+        while (done < length) {
+          let written: number;
+          try {
+            written = await writeFd(opened.fd, data, offset + done, length - done, filePosition + done);
+          } catch (e) {
+            if ((e as NodeJS.ErrnoException).code === 'EINVAL') return done; // e.g. memory the kernel will not take directly
+            throw e;
+          }
+          done += written;
+          if (written === 0 || !isAligned(0, done, 0)) return done;
+        }
+        return done;
+      } finally {
+        // RESTORE-1 (docs/design.md): marked also when partly written, so the next flush syncs whatever landed.
+        slot.dirty = true;
+        closeFd(opened.fd);
+      }
+    });
   }
 
   /** Makes every write that resolved before this call durable (see the file comment). */
@@ -428,8 +485,12 @@ export class SegmentedImage {
     );
   }
 
+  private segmentPath(key: number): string {
+    return key === LEGACY_KEY ? this.legacyPath! : join(this.segmentDir, segmentName(key));
+  }
+
   private async openSegment(key: number, create: boolean): Promise<FileHandle | null> {
-    const path = key === LEGACY_KEY ? this.legacyPath! : join(this.segmentDir, segmentName(key));
+    const path = this.segmentPath(key);
     try {
       return await open(path, 'r+');
     } catch (e) {

@@ -64,7 +64,7 @@ export async function restoreDisk(
     repo.metrics.restoreBytesWritten.inc(data.length);
     onProgress?.(++done, total);
   });
-  // Durable before the map says so (the chunk map's unclean-open rule relies on it).
+  // RESTORE-1: durable before the map says so (the chunk map's unclean-open rule relies on it); direct writes too.
   await disk.flush();
   // Chunks the snapshot holds as zero read as zero from now on: holes on a fresh disk; on a used
   // disk they are marked trimmed, which costs no data write.
