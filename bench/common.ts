@@ -317,18 +317,23 @@ export async function loadAverage(): Promise<string> {
 
 /** What this machine's disk and CPU deliver, measured now (the limits beside the benchmark's figures). */
 export interface MachineLimits {
-  /** `dd` of 1 GiB of random data (from the page cache) to a new file with `conv=fsync`: MiB/s. */
+  /**
+   * `dd` of 1 GiB of random data (from the page cache) to a new file with `conv=fsync`: MiB/s.
+   * Through the page cache, so on this kind of VM mostly its first-touch cost, not the disk's
+   * (docs/benchmarks.md, 2026-12-04): `diskDirectWriteMiBps` is the device.
+   */
   diskWriteMiBps: number;
   /** `dd` of the same file from a cold page cache, one 4 MiB read at a time: MiB/s. */
   diskReadMiBps: number;
   /** The same `dd` past the page cache (`oflag=direct`, 4 MiB writes, `conv=fsync`): the device itself, MiB/s. */
   diskDirectWriteMiBps: number;
   /**
-   * 1 GiB of zeros `dd`'d into a new file's page cache (no sync), twice, the first file removed
-   * before the second: MiB/s of each. On this kind of VM pages the guest freed go back to the host
-   * within seconds and cost a fault on their next first touch, so the first fill is the one a
-   * fresh or idle machine gives, the second the one of pages just freed (docs/benchmarks.md,
-   * 2026-12-04). Every page-cache write of a peer or of ours pays one or the other.
+   * 4 GiB of zeros `dd`'d into a new file's page cache (no sync), twice, after 30 s idle and
+   * again right after the first file was removed: MiB/s of each. On this kind of VM pages the guest
+   * freed go back to the host within seconds and cost a fault on their next first touch, so the
+   * first fill is what a fresh or idle machine gives, the second what pages just freed give
+   * (docs/benchmarks.md, 2026-12-04; 4 GiB because a smaller fill finds enough pages freed lately).
+   * Every page-cache write of a peer or of ours pays one or the other.
    */
   pageCacheFillMiBps: [first: number, again: number];
   /** SHA-256 on one core (Node's crypto, 1 MiB inputs): MiB/s. */
@@ -343,15 +348,19 @@ export async function machineLimits(dir: string): Promise<MachineLimits> {
   const out = path.join(dir, 'dd-out.raw');
   await run('sh', ['-c', `cat '${source.path}' > /dev/null`]);
   await rm(out, { force: true });
+  // The source's own write-back must not run during the timed writes.
+  await run('sync', []);
   const write = await timed(() => run('dd', [`if=${source.path}`, `of=${out}`, 'bs=4M', 'conv=fsync', 'status=none']));
   await rm(out, { force: true });
   const direct = await timed(() => run('dd', [`if=${source.path}`, `of=${out}`, 'bs=4M', 'oflag=direct', 'conv=fsync', 'status=none']));
   await rm(out, { force: true });
   const fill = async (): Promise<number> => {
-    const ms = (await timed(() => run('dd', ['if=/dev/zero', `of=${out}`, 'bs=1M', 'count=1024', 'status=none']))).ms;
+    const ms = (await timed(() => run('dd', ['if=/dev/zero', `of=${out}`, 'bs=1M', 'count=4096', 'status=none']))).ms;
     await rm(out, { force: true });
-    return 1024 / (ms / 1000);
+    return 4096 / (ms / 1000);
   };
+  // Idle first: freed pages go back to the host within ~20 s (seen on 2026-12-04), so this fill is a fresh machine's.
+  await new Promise((r) => setTimeout(r, 30_000));
   const firstFill = await fill();
   const againFill = await fill();
   await run('sync', []);

@@ -46,7 +46,7 @@ const limits = await machineLimits(dir);
 function fills(l: typeof limits): string {
   return `${l.pageCacheFillMiBps[0].toFixed(0)} MiB/s first, ${l.pageCacheFillMiBps[1].toFixed(0)} MiB/s again`;
 }
-console.log(`disk write (dd of 1 GiB random, conv=fsync) ${limits.diskWriteMiBps.toFixed(0)} MiB/s, past the page cache (oflag=direct) ${limits.diskDirectWriteMiBps.toFixed(0)} MiB/s; page-cache fill of 1 GiB ${fills(limits)}; cold read (dd, one stream) ${limits.diskReadMiBps.toFixed(0)} MiB/s; SHA-256 ${limits.sha256MiBpsPerCore.toFixed(0)} MiB/s per core; ${limits.cores} cores`);
+console.log(`disk write (dd of 1 GiB random, conv=fsync) ${limits.diskWriteMiBps.toFixed(0)} MiB/s, past the page cache (oflag=direct) ${limits.diskDirectWriteMiBps.toFixed(0)} MiB/s; page-cache fill of 4 GiB ${fills(limits)}; cold read (dd, one stream) ${limits.diskReadMiBps.toFixed(0)} MiB/s; SHA-256 ${limits.sha256MiBpsPerCore.toFixed(0)} MiB/s per core; ${limits.cores} cores`);
 
 const outputs = new Map<string, string>();
 for (const b of benches) {
