@@ -7,6 +7,7 @@
  * - flips one byte in the body of the next N chunk uploads (in a batch: of the next N parts; the
  *   signature does not cover bodies, so a flipped byte is exactly what a bad link does);
  * - delays every chunk upload, or holds the uploads of chosen copies until released;
+ * - answers chunk batches as a region without the route does, or garbles a batch's 2xx answer;
  * - remembers in which order copies sent their first manifest plan (the order they started in).
  * Everything else is forwarded unchanged. The destination may be down: the proxy then answers 502.
  */
