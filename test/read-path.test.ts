@@ -3,28 +3,18 @@
  * (src/blockdev/read-path.ts), and SegmentedImage's direct and chosen reads, which must answer
  * exactly what `read` answers whatever the way, the alignment or the file system.
  */
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, truncate } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EXPLORE_EVERY, ReadPathChooser, SAMPLES, type ReadWay } from '../src/blockdev/read-path.ts';
 import { SegmentedImage, segmentName } from '../src/blockdev/segmented-image.ts';
 import { alignedSharedMemory } from '../src/lib/aligned-memory.ts';
+import { directIoDirs } from './helpers/direct-io-dirs.ts';
 
 const MiB = 1 << 20;
-const dirs: string[] = [];
-
-before(async () => {
-  dirs.push(await mkdtemp(join(tmpdir(), 'snapferry-read-path-')));
-  // tmpfs refuses O_DIRECT: the direct way must fall back to the same answer there.
-  if (existsSync('/dev/shm')) dirs.push(await mkdtemp('/dev/shm/snapferry-read-path-'));
-});
-after(async () => {
-  for (const d of dirs) await rm(d, { recursive: true, force: true });
-});
+const dirs = directIoDirs('read-path');
 
 /** The ways `n` reads take while every read the way `way` took `ms` per MiB. */
 function drive(chooser: ReadPathChooser, n: number, msPerMiB: Record<ReadWay, number>): ReadWay[] {

@@ -4,28 +4,19 @@
  * places as buffered writes. Run on the test directory's file system and on tmpfs (/dev/shm),
  * where O_DIRECT may be refused.
  */
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SegmentedImage } from '../src/blockdev/segmented-image.ts';
 import { alignedSharedMemory } from '../src/lib/aligned-memory.ts';
+import { directIoDirs } from './helpers/direct-io-dirs.ts';
 
 const MiB = 1 << 20;
 const SEG = MiB;
 const SIZE = 8 * SEG;
-const dirs: string[] = [];
-
-before(async () => {
-  dirs.push(await mkdtemp(join(tmpdir(), 'snapferry-write-direct-')));
-  if (existsSync('/dev/shm')) dirs.push(await mkdtemp('/dev/shm/snapferry-write-direct-'));
-});
-after(async () => {
-  for (const d of dirs) await rm(d, { recursive: true, force: true });
-});
+const dirs = directIoDirs('write-direct');
 
 const layout = { sizeBytes: SIZE, segmentBytes: SEG, legacyBytes: 0 };
 
@@ -44,7 +35,7 @@ test('direct writes land exactly what buffered writes land: segment boundaries, 
     const expected = new SegmentedImage(expectedDir, null, layout);
     let direct = new SegmentedImage(directDir, null, layout);
     try {
-      // Dirty pages in the cache first: a direct write over them must win, never be overwritten by their write-back.
+      // Dirty pages in the cache first: a direct write over them must read back as its own bytes, before the flush and after it.
       const cached = randomBytes(3 * SEG);
       await expected.write(cached, SEG);
       await direct.write(cached, SEG);

@@ -232,36 +232,44 @@ export class SegmentedImage {
 
   /** Bytes of one piece read directly (from 0: the rest, if any, is for the buffered path). */
   private async readPieceDirect(key: number, buf: Buffer, at: number, length: number, filePosition: number): Promise<number> {
-    const path = this.segmentPath(key);
-    let opened: { fd: number; direct: boolean };
+    let done: number | null;
     try {
-      opened = await openPerhapsDirect(path, constants.O_RDONLY, true);
+      done = await this.transferDirect(key, constants.O_RDONLY, length, (fd, d) => readFd(fd, buf, at + d, length - d, filePosition + d));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 0; // the buffered path decides: a missing segment reads as zeros
       throw e;
     }
-    const fd = opened.fd;
-    if (!opened.direct) {
-      closeFd(fd);
-      this.directReads = false; // no O_DIRECT on this file system: never try again
-      return 0; // the buffered path reads it all
-    }
+    if (done === null) this.directReads = false; // no O_DIRECT on this file system: never try again
+    return done ?? 0;
+  }
+
+  /**
+   * One piece moved past the page cache: `transfer` (a read or write of the rest, from `done`) on a
+   * descriptor of segment `key` opened with O_DIRECT for this piece alone (lib/raw-fd.ts). Answers
+   * the bytes moved from the piece's start, and stops early, leaving the rest to the caller's
+   * buffered path: where the file system refuses O_DIRECT at the open (null: the caller stops
+   * asking) or at a transfer (EINVAL, e.g. memory the kernel will not take directly), and after a
+   * short transfer (a file's end).
+   */
+  private async transferDirect(key: number, flags: number, length: number, transfer: (fd: number, done: number) => Promise<number>): Promise<number | null> {
+    const opened = await openPerhapsDirect(this.segmentPath(key), flags, true);
     try {
+      if (!opened.direct) return null;
       let done = 0;
       while (done < length) {
-        let bytesRead: number;
+        let moved: number;
         try {
-          bytesRead = await readFd(fd, buf, at + done, length - done, filePosition + done);
+          moved = await transfer(opened.fd, done);
         } catch (e) {
-          if ((e as NodeJS.ErrnoException).code === 'EINVAL') return done; // e.g. the buffer's memory is not aligned
+          if ((e as NodeJS.ErrnoException).code === 'EINVAL') return done;
           throw e;
         }
-        done += bytesRead;
-        if (bytesRead === 0 || !isAligned(0, done, 0)) return done; // a file's end
+        done += moved;
+        if (moved === 0 || !isAligned(0, done, 0)) return done;
       }
       return done;
     } finally {
-      closeFd(fd); // a descriptor opened for one read: lib/raw-fd.ts
+      closeFd(opened.fd);
     }
   }
 
@@ -321,30 +329,13 @@ export class SegmentedImage {
   private async writePieceDirect(key: number, data: Buffer, offset: number, length: number, filePosition: number): Promise<number> {
     // Through the slot: the segment is created (and its directory synced at the next flush) as for any write.
     return this.withSegment(key, true, async (_fh, slot) => {
-      const opened = await openPerhapsDirect(this.segmentPath(key), constants.O_WRONLY, true);
-      if (!opened.direct) {
-        closeFd(opened.fd);
-        this.directWrites = false; // no O_DIRECT on this file system: never try again
-        return 0;
-      }
-      let done = 0;
       try {
-        while (done < length) {
-          let written: number;
-          try {
-            written = await writeFd(opened.fd, data, offset + done, length - done, filePosition + done);
-          } catch (e) {
-            if ((e as NodeJS.ErrnoException).code === 'EINVAL') return done; // e.g. memory the kernel will not take directly
-            throw e;
-          }
-          done += written;
-          if (written === 0 || !isAligned(0, done, 0)) return done;
-        }
-        return done;
+        const done = await this.transferDirect(key, constants.O_WRONLY, length, (fd, d) => writeFd(fd, data, offset + d, length - d, filePosition + d));
+        if (done === null) this.directWrites = false; // no O_DIRECT on this file system: never try again
+        return done ?? 0;
       } finally {
         // RESTORE-1 (docs/design.md): marked also when partly written, so the next flush syncs whatever landed.
         slot.dirty = true;
-        closeFd(opened.fd);
       }
     });
   }

@@ -82,10 +82,11 @@ export function parseChunkBatchAnswer(text: string, parts: number): ChunkBatchRe
   }
   const results = (answer as { results?: unknown } | null)?.results;
   if (!Array.isArray(results) || results.length !== parts) return null;
-  const ok = results.every(
-    (r: unknown) =>
-      typeof r === 'object' && r !== null && Number.isInteger((r as ChunkBatchResult).status) &&
-      ['string', 'undefined'].includes(typeof (r as ChunkBatchResult).code) && ['string', 'undefined'].includes(typeof (r as ChunkBatchResult).message),
-  );
-  return ok ? (results as ChunkBatchResult[]) : null;
+  return results.every(isChunkBatchResult) ? results : null;
+}
+
+function isChunkBatchResult(r: unknown): r is ChunkBatchResult {
+  if (typeof r !== 'object' || r === null) return false;
+  const { status, code, message } = r as Record<string, unknown>;
+  return Number.isInteger(status) && (code === undefined || typeof code === 'string') && (message === undefined || typeof message === 'string');
 }

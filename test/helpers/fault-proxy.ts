@@ -204,6 +204,7 @@ export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
             if (isBatch && up.statusCode === 200 && toGarble > 0) {
               toGarble--;
               answer = Buffer.from('<html>upstream said ok</html>');
+              delete headers['transfer-encoding'];
               headers['content-length'] = String(answer.length);
             }
             res.writeHead(up.statusCode ?? 502, headers);
