@@ -9,7 +9,7 @@
 // is the one the pool starts with. Node's default of 4 threads is too few for a capture, whose
 // direct reads, chunk-file writes and batch fsyncs each hold a thread for the whole device call:
 // a 1 GiB snapshot took 1.09 s (median of 10) with 4 threads, 1.02 s with 8 or 16, and copies were
-// no slower with 8 (docs/benchmarks.md, 2026-12-04, afternoon).
+// no slower with 8 (docs/benchmarks.md, "2026-12-04, later").
 // An operator's own UV_THREADPOOL_SIZE wins (an empty one counts as unset: libuv would read it as 1).
 'use strict';
 process.env.UV_THREADPOOL_SIZE ||= '8';
