@@ -32,7 +32,7 @@ test('a flag counts as given on the command line or in NODE_OPTIONS, and only ex
 });
 
 test('a server started through the bin runs 8 thread-pool threads, or as many as UV_THREADPOOL_SIZE says', async () => {
-  // Threads of the server process once it serves: the same in both but for the pool's (libuv starts
+  // Threads of the server process once it serves: the same in each but for the pool's (libuv starts
   // all of its threads at its first use, which startup's file calls are).
   const threadsOf = async (env: Record<string, string>): Promise<number> => {
     const server = await spawnServer({ regions: ['bj'], env });
