@@ -4,9 +4,9 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFile } from 'node:child_process';
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -16,7 +16,9 @@ import { sdkClient, send, sendError, until, waitSnapshot, waitVolume, type SdkCl
 import { spawnServer, type SpawnedServer } from './helpers/spawned-server.ts';
 import { makeImage, sha256Of } from './helpers/test-image.ts';
 
-const run = promisify(execFile);
+const execFileP = promisify(execFile);
+/** A client command, stopped after two minutes: a stuck client fails its test with its name, not the file. */
+const run = (cmd: string, args: string[]) => execFileP(cmd, args, { timeout: 120_000 });
 const AK = 'nbd-access-key-0000000000';
 const SK = 'nbd-secret-key-1111111111';
 const MiB = 1 << 20;
@@ -42,6 +44,14 @@ async function newDisk(): Promise<string> {
   const [id] = (await send(bj, 'POST', '/v2/volume', { body: { cdsSizeInGB: 1 } })).volumeIds;
   await waitVolume(bj, id);
   return id;
+}
+
+/**
+ * A child's exit, listened for from the moment it is spawned: a listener added later never hears an
+ * exit that already happened, and the wait then hangs the file (it did in CI, for 600 s).
+ */
+function exitOf(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  return new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
 }
 
 async function status(id: string): Promise<string> {
@@ -85,7 +95,10 @@ test('while a block client holds a disk it is InUse: a second client, HTTP write
   const id = await newDisk();
   const { snapshotId } = await send(bj, 'POST', '/v2/snapshot', { body: { volumeId: id, snapshotName: 'before' } });
   await waitSnapshot(bj, snapshotId);
-  const holder = spawn('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 4096', '-c', 'sleep 4000', nbdUrl(id)], { stdio: 'ignore' });
+  // The holder sleeps far longer than the checks take and is stopped at their end: a fixed short sleep
+  // let a slow machine's checks run past the moment the disk was released.
+  const holder = spawn('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 4096', '-c', 'sleep 120000', nbdUrl(id)], { stdio: 'ignore' });
+  const holderExit = exitOf(holder);
   try {
     await until(async () => (await status(id)) === 'InUse', 10_000, 'InUse');
     await assert.rejects(run('qemu-img', ['info', nbdUrl(id)]), /busy|block client|refused|Requested export not available|policy/i);
@@ -101,7 +114,8 @@ test('while a block client holds a disk it is InUse: a second client, HTTP write
     const inUse = await send(bj, 'POST', '/v2/snapshot', { body: { volumeId: id, snapshotName: 'while-attached' } });
     await waitSnapshot(bj, inUse.snapshotId);
   } finally {
-    await new Promise((r) => holder.once('exit', r));
+    holder.kill('SIGTERM');
+    await holderExit;
   }
   await until(async () => (await status(id)) === 'Available', 10_000, 'Available after disconnect');
 });
@@ -111,13 +125,19 @@ test('while a block client holds a disk it is InUse: a second client, HTTP write
 
 test('a client killed in the middle of a write leaves the disk usable and the server up', async () => {
   const id = await newDisk();
-  const big = join(work, 'big.img');
-  await writeFile(big, randomBytes(192 * MiB));
-  const copier = spawn('nbdcopy', [big, nbdUrl(id)], { stdio: 'ignore' });
+  // nbdcopy streams from a pipe that this test feeds: it cannot finish before the kill (from a file it
+  // copied 192 MiB faster than the test could kill it), and it dies with a write in flight.
+  const copier = spawn('nbdcopy', ['-', nbdUrl(id)], { stdio: ['pipe', 'ignore', 'ignore'] });
+  const copierExit = exitOf(copier);
+  copier.stdin!.on('error', () => {}); // EPIPE once it is killed
   await until(async () => (await status(id)) === 'InUse', 10_000, 'InUse');
+  for (let i = 0; i < 48; i++) {
+    if (!copier.stdin!.write(randomBytes(MiB))) await new Promise((r) => copier.stdin!.once('drain', r));
+  }
+  copier.stdin!.write(randomBytes(100 * 1024)); // part of a request: nbdcopy waits for the rest
   await new Promise((r) => setTimeout(r, 150));
   copier.kill('SIGKILL');
-  await new Promise((r) => copier.once('exit', r));
+  assert.equal((await copierExit).signal, 'SIGKILL', 'the client was killed, it did not finish');
   await until(async () => (await status(id)) === 'Available', 15_000, 'released after the client died');
   assert.equal((await fetch(`${server.urls.bj}/healthz`)).status, 200);
   // The disk still works for the next client, and for snapshots.
