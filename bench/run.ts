@@ -122,7 +122,8 @@ if (snap?.sparse) {
   extra.push(['1 TiB disk, 1 GiB of random data written: first snapshot; copy', `${s(r.snapshot.ms)} (${(r.writtenMiB / (r.snapshot.ms / 1000)).toFixed(0)} MiB/s of data; \`cp\`+\`sync\` of the sparse file ${s(r.cpSync.ms)})${r.copy ? `; ${s(r.copy.ms)} (${(r.writtenMiB / (r.copy.ms / 1000)).toFixed(0)} MiB/s)` : ''}`, 'cost follows the written GiB']);
 }
 if (nbd) {
-  extra.push(['NBD through the disk path / `nbdkit file` (nbdcopy defaults; --connections=1)', `write ${nbd.defaults?.write ?? '?'}, read ${nbd.defaults?.read ?? '?'}; write ${nbd.single?.write ?? '?'}, read ${nbd.single?.read ?? '?'} ${verdict(!!nbd.defaults && nbd.defaults.write >= 0.9 && nbd.defaults.read >= 0.9)}`, '>= 0.9']);
+  const pair = (r?: NbdRatio) => `write ${r?.write ?? '?'}, read ${r?.read ?? '?'}`;
+  extra.push(['NBD through the disk path / `nbdkit file` (nbdcopy defaults; --connections=1; --flush)', `${pair(nbd.defaults)}; ${pair(nbd.single)}; ${pair(nbd.durable)} ${verdict(!!nbd.defaults && nbd.defaults.write >= 0.9 && nbd.defaults.read >= 0.9)}`, '>= 0.9']);
 }
 const rssPeaks = [
   ...(snap ? [...snap.mixed.map((r) => r.peakRssBytes), snap.incompressible?.peakRssBytes ?? 0, snap.sparse?.peakRssBytes ?? 0] : []),
@@ -139,13 +140,19 @@ console.log(`\nMachine: disk write ${limits.diskWriteMiBps.toFixed(0)} MiB/s (dd
 await writeFile('bench/results.json', `${JSON.stringify({ started, finished: new Date().toISOString(), loadAverage: { start: limits.loadAverage, end: finished }, machine: limits, sizesMiB, snapshot: snap, replication: repl, nbd, table }, null, 2)}\n`);
 console.log('\nwritten: bench/results.json');
 
-/** bench/nbd.ts's ratio lines for the real disk path. */
-function parseNbd(text: string): { defaults?: { write: number; read: number }; single?: { write: number; read: number } } | null {
-  const out: { defaults?: { write: number; read: number }; single?: { write: number; read: number } } = {};
+interface NbdRatio {
+  write: number;
+  read: number;
+}
+
+/** bench/nbd.ts's ratio lines for the real disk path, by flag set. */
+function parseNbd(text: string): { defaults?: NbdRatio; single?: NbdRatio; durable?: NbdRatio } | null {
+  const out: { defaults?: NbdRatio; single?: NbdRatio; durable?: NbdRatio } = {};
   for (const m of text.matchAll(/^ratio snapferry-disk\/nbdkit \((.+)\): write ([\d.]+), read ([\d.]+)$/gm)) {
     const v = { write: Number(m[2]), read: Number(m[3]) };
     if (m[1]!.includes('connections=1')) out.single = v;
+    else if (m[1]!.includes('--flush')) out.durable = v;
     else out.defaults = v;
   }
-  return out.defaults || out.single ? out : null;
+  return out.defaults || out.single || out.durable ? out : null;
 }
