@@ -10,9 +10,9 @@
  * Throughput is the image's logical size divided by wall time (zero regions are skipped by both
  * servers via block status / write-zeroes, exactly as in production copies).
  *
- * Flag sets: nbdcopy's defaults (nbdkit advertises multi-conn, so nbdcopy opens as many connections
- * to it as it has threads, up to 4: 2 on a 2-core machine, while our server, which never advertises
- * multi-conn, gets 1); `--connections=1` for both, which compares the servers per connection; and
+ * Flag sets (bench/run.ts reads their labels): nbdcopy's defaults (nbdkit advertises multi-conn, so
+ * nbdcopy opens several connections to it: 2 on this 2-core machine, counted with `nbdkit -v`, while
+ * our server, which never advertises multi-conn, gets 1); `--connections=1` for both, which compares the servers per connection; and
  * `--flush` (defaults plus a flush before nbdcopy exits), which makes both servers do the same durable
  * work: the write is timed until the export's bytes are on the device (nbdkit fdatasyncs its file,
  * we the disk's segment files), the read until its output file is.

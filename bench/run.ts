@@ -145,14 +145,16 @@ interface NbdRatio {
   read: number;
 }
 
-/** bench/nbd.ts's ratio lines for the real disk path, by flag set. */
-function parseNbd(text: string): { defaults?: NbdRatio; single?: NbdRatio; durable?: NbdRatio } | null {
-  const out: { defaults?: NbdRatio; single?: NbdRatio; durable?: NbdRatio } = {};
+/** bench/nbd.ts's flag sets, by their label there. */
+type NbdRatios = { defaults?: NbdRatio; single?: NbdRatio; durable?: NbdRatio };
+
+/** bench/nbd.ts's ratio lines for the real disk path, by flag set (a label it does not know is left out). */
+function parseNbd(text: string): NbdRatios | null {
+  const byLabel = new Map<string, keyof NbdRatios>([['nbdcopy defaults', 'defaults'], ['nbdcopy --connections=1', 'single'], ['nbdcopy --flush', 'durable']]);
+  const out: NbdRatios = {};
   for (const m of text.matchAll(/^ratio snapferry-disk\/nbdkit \((.+)\): write ([\d.]+), read ([\d.]+)$/gm)) {
-    const v = { write: Number(m[2]), read: Number(m[3]) };
-    if (m[1]!.includes('connections=1')) out.single = v;
-    else if (m[1]!.includes('--flush')) out.durable = v;
-    else out.defaults = v;
+    const name = byLabel.get(m[1]!);
+    if (name) out[name] = { write: Number(m[2]), read: Number(m[3]) };
   }
-  return out.defaults || out.single || out.durable ? out : null;
+  return Object.keys(out).length > 0 ? out : null;
 }
