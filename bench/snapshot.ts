@@ -2,12 +2,15 @@
  * Snapshot create, measured the way issue 10's table measures it: `snapferry serve` in its own
  * process (bj and hkg in one process, the default layout), driven over HTTP, every snapshot timed
  * from its create request to `Available`, beside its peer run on the same image in the same run and
- * followed by a `sync` of what it wrote, the page cache dropped before every timed step (neither side
- * reads from memory what the other reads from the disk; `--warm` keeps the cache, see WARM below):
+ * followed by a `sync` of what it wrote, the page cache dropped before every timed step but the warm
+ * one below (neither side reads from memory what the other reads from the disk; `--warm` keeps the
+ * cache for every step, see WARM below):
  *
  *   full snapshot of the mixed image (per 16 MiB: 8 MiB random, 4 MiB text, 4 MiB zeros) at each
  *   `--size` (MiB, comma-separated; default 1024,4096)     vs  cp IMAGE COPY && sync COPY
  *   incremental snapshot after 1 % of the disk was rewritten in scattered 1 MiB writes
+ *   the full snapshot again, warm: a second mixed disk (other bytes) snapshotted right after it was
+ *   loaded, the page cache kept, vs the same cp + sync of its image, also cached (not with --warm)
  *   a new disk from the full snapshot (restore), request to Available  vs  the same cp + sync
  *   full snapshot of 1 GiB of incompressible data        vs  cp + sync
  *   a 1 TiB disk with 1 GiB of random data spread over it (1 MiB at every GiB): its first snapshot
@@ -50,6 +53,12 @@ export interface MixedResult {
   incrementalSnapshot: StepResult;
   /** A new disk from the full snapshot, request to Available (beside the same `cp`+`sync`). */
   restore: StepResult;
+  /**
+   * The same first snapshot of a second disk of the same shape (other bytes: nothing dedups), just
+   * loaded, timed with the page cache kept, beside `cp`+`sync` of its image, also still cached: a
+   * user who snapshots a disk written a moment ago finds it so. Absent with --warm (every step is).
+   */
+  warm?: { fullSnapshot: StepResult; cpSync: StepResult };
   peakRssBytes: number;
   loadAverage: string;
 }
@@ -67,12 +76,13 @@ const SKIP_COPY = hasFlag('skip-copy');
  * disk and snapshots it finds it: the disk's bytes, and the image `cp` reads, may still be cached.
  */
 const WARM = hasFlag('warm');
-const settle = async (): Promise<void> => (WARM ? run('sync', []) : dropCaches());
+/** Before a timed step: `sync`, and the page cache dropped unless it is to be kept. */
+const settle = async (keepCache = WARM): Promise<void> => (keepCache ? run('sync', []) : dropCaches());
 const peerCp = (src: string, dst: string): string => `cp '${src}' '${dst}'`;
 
 /** One timed step of the server, with its peak RSS and storage I/O. */
-async function serverStep(srv: BenchServer, fn: () => Promise<{ ms: number }>): Promise<StepResult> {
-  await settle();
+async function serverStep(srv: BenchServer, fn: () => Promise<{ ms: number }>, keepCache = WARM): Promise<StepResult> {
+  await settle(keepCache);
   await srv.resetPeakRss();
   const io0 = await srv.io();
   const { ms } = await fn();
@@ -80,13 +90,19 @@ async function serverStep(srv: BenchServer, fn: () => Promise<{ ms: number }>): 
   return { ms, peakRssBytes: await srv.peakRss(), readBytes: io1.readBytes - io0.readBytes, writeBytes: io1.writeBytes - io0.writeBytes };
 }
 
-/** `command` from `image` into `copy`, then `sync copy`, after `settle` (a cold page cache unless --warm). */
-async function peer(command: (src: string, dst: string) => string, image: string, copy: string): Promise<StepResult> {
+/** `command` from `image` into `copy`, then `sync copy`, after `settle` (a cold page cache unless `keepCache`). */
+async function peer(command: (src: string, dst: string) => string, image: string, copy: string, keepCache = WARM): Promise<StepResult> {
   await rm(copy, { force: true });
-  await settle();
+  await settle(keepCache);
   return { ms: await timedPeer(command(image, copy), copy) };
 }
 
+
+/** The pair (step, its peer) of the run whose ratio is the median. */
+function pickPair(pairs: Array<{ fullSnapshot: StepResult; cpSync: StepResult }>): { fullSnapshot: StepResult; cpSync: StepResult } {
+  const ratio = (p: { fullSnapshot: StepResult; cpSync: StepResult }): number => p.fullSnapshot.ms / p.cpSync.ms;
+  return [...pairs].sort((a, b) => ratio(a) - ratio(b))[Math.floor(pairs.length / 2)]!;
+}
 
 function best(steps: StepResult[]): StepResult {
   const m = median(steps.map((s) => s.ms));
@@ -96,6 +112,7 @@ function best(steps: StepResult[]): StepResult {
 async function mixedScenario(dir: string, sizeMiB: number): Promise<MixedResult> {
   const size = sizeMiB * MiB;
   const image = await mixedImage(dir, size);
+  const warmImage = WARM ? null : await mixedImage(dir, size, 'warm');
   const work = await benchDir(`snapshot/work-${sizeMiB}`);
   const copyPath = path.join(work, 'copy.raw');
   const runs: Array<Omit<MixedResult, 'sizeMiB' | 'dataMiB' | 'changedMiB' | 'loadAverage'>> = [];
@@ -117,7 +134,15 @@ async function mixedScenario(dir: string, sizeMiB: number): Promise<MixedResult>
       // 1 % of the disk rewritten: scattered 1 MiB writes of fresh random bytes.
       for (let i = 0; i < changes; i++) await writeVolume(srv.bj, vol, ((i * 97 + 5) % sizeMiB) * MiB, randomBytes(MiB));
       const incrementalSnapshot = await serverStep(srv, () => timedSnapshot(srv.bj, vol, 'incremental'));
-      runs.push({ fullSnapshot, cpSync, incrementalSnapshot, restore, peakRssBytes: await srv.peakRss() });
+      let warm: MixedResult['warm'];
+      if (warmImage) {
+        const warmVol = await createVolume(srv.bj, Math.ceil(size / GiB));
+        await importImage(srv.server.urls.bj!, warmVol, warmImage);
+        const warmSnapshot = await serverStep(srv, () => timedSnapshot(srv.bj, warmVol, 'warm'), true);
+        warm = { fullSnapshot: warmSnapshot, cpSync: await peer(peerCp, warmImage.path, copyPath, true) };
+        await rm(copyPath, { force: true });
+      }
+      runs.push({ fullSnapshot, cpSync, incrementalSnapshot, restore, warm, peakRssBytes: await srv.peakRss() });
     } finally {
       await srv.close();
       await rm(work, { recursive: true, force: true });
@@ -135,6 +160,7 @@ async function mixedScenario(dir: string, sizeMiB: number): Promise<MixedResult>
     cpSync: pick('cpSync')!,
     incrementalSnapshot: pick('incrementalSnapshot')!,
     restore: pick('restore')!,
+    warm: warmImage ? pickPair(runs.map((x) => x.warm!)) : undefined,
     peakRssBytes: Math.max(...runs.map((x) => x.peakRssBytes)),
     loadAverage: await loadAverage(),
   };
@@ -221,7 +247,8 @@ export async function snapshotBench(): Promise<{ lines: string[]; results: Snaps
     lines.push(`  full snapshot          ${s(m.fullSnapshot.ms)}  cp+sync ${s(m.cpSync.ms)}  ratio ${(m.fullSnapshot.ms / m.cpSync.ms).toFixed(2)}  (peak RSS ${rss(m.fullSnapshot.peakRssBytes)}, read ${((m.fullSnapshot.readBytes ?? 0) / MiB).toFixed(0)} MiB, wrote ${((m.fullSnapshot.writeBytes ?? 0) / MiB).toFixed(0)} MiB)`);
     lines.push(`  incremental snapshot   ${s(m.incrementalSnapshot.ms)}  after ${m.changedMiB} MiB changed (${((m.incrementalSnapshot.ms / m.fullSnapshot.ms) * 100).toFixed(1)} % of the full snapshot)`);
     lines.push(`  restore (new disk)     ${s(m.restore.ms)}  cp+sync ${s(m.cpSync.ms)}  ratio ${(m.restore.ms / m.cpSync.ms).toFixed(2)}  (read ${((m.restore.readBytes ?? 0) / MiB).toFixed(0)} MiB, wrote ${((m.restore.writeBytes ?? 0) / MiB).toFixed(0)} MiB)`);
-    lines.push(`  server peak RSS        ${rss(m.peakRssBytes)} (whole scenario, import included); load average after: ${m.loadAverage}`);
+    if (m.warm) lines.push(`  full snapshot, warm    ${s(m.warm.fullSnapshot.ms)}  cp+sync ${s(m.warm.cpSync.ms)}  ratio ${(m.warm.fullSnapshot.ms / m.warm.cpSync.ms).toFixed(2)}  (a second disk just loaded, page cache kept; read ${((m.warm.fullSnapshot.readBytes ?? 0) / MiB).toFixed(0)} MiB, wrote ${((m.warm.fullSnapshot.writeBytes ?? 0) / MiB).toFixed(0)} MiB)`);
+    lines.push(`  server peak RSS        ${rss(m.peakRssBytes)} (whole scenario, imports included); load average after: ${m.loadAverage}`);
   }
   if (!hasFlag('skip-random')) {
     const r = await incompressibleScenario(dir);
